@@ -1,0 +1,55 @@
+"""Development sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``bench``.
+
+``nox`` alone runs the default sessions (all but ``bench``). Each session gets its own
+venv under ``.nox/`` built from the Python that runs nox, and installs trioflow with
+its test extra through :func:`install`.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.error_on_missing_interpreters = True
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+
+
+def install(session: nox.Session, *tools: str) -> None:
+    """Install trioflow (editable, with its test extra) and the given tools."""
+    session.install("-e", ".[test]", *tools)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the whole test suite; extra arguments go to pytest (``nox -s tests -- -k run``)."""
+    install(session)
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Check lint rules and formatting with ruff (config in pyproject.toml)."""
+    install(session, "ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """Run mypy --strict (config in pyproject.toml) on the trioflow package."""
+    install(session, "mypy")
+    session.run("mypy", "trioflow")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Compile every ```python block of README.md and docs/*.md."""
+    install(session)
+    session.run("python", "docs/check_snippets.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks; extra arguments go to benchmarks/run.py."""
+    install(session)
+    session.run("python", "benchmarks/run.py", *session.posargs)

@@ -1,0 +1,79 @@
+"""trioflow: durable, cancellable workflow runs for Trio."""
+
+from ._abort import AbortController as AbortController
+from ._abort import AbortEvent as AbortEvent
+from ._abort import AbortSignal as AbortSignal
+from ._errors import AbortError as AbortError
+from ._errors import RunNotFoundError as RunNotFoundError
+from ._errors import RunStateError as RunStateError
+from ._errors import SnapshotError as SnapshotError
+from ._errors import StepFailedError as StepFailedError
+from ._errors import StepTimeoutError as StepTimeoutError
+from ._errors import StorageError as StorageError
+from ._errors import TrioflowError as TrioflowError
+from ._errors import ValidationError as ValidationError
+from ._events import EventStream as EventStream
+from ._events import WorkflowCanceled as WorkflowCanceled
+from ._events import WorkflowEvent as WorkflowEvent
+from ._events import WorkflowFinish as WorkflowFinish
+from ._events import WorkflowStart as WorkflowStart
+from ._events import WorkflowStepProgress as WorkflowStepProgress
+from ._events import WorkflowStepResult as WorkflowStepResult
+from ._events import WorkflowStepStart as WorkflowStepStart
+from ._events import WorkflowStepSuspended as WorkflowStepSuspended
+from ._events import WorkflowStepWaiting as WorkflowStepWaiting
+from ._results import CancelResult as CancelResult
+from ._results import RunResult as RunResult
+from ._results import StepResult as StepResult
+from ._run import Run as Run
+from ._step import ConditionContext as ConditionContext
+from ._step import Step as Step
+from ._step import StepContext as StepContext
+from ._step import create_step as create_step
+from ._step import step as step
+from ._util import fixup_module_metadata as _fixup_module_metadata
+from ._workflow import RetryConfig as RetryConfig
+from ._workflow import Workflow as Workflow
+from ._workflow import create_workflow as create_workflow
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbortController",
+    "AbortError",
+    "AbortEvent",
+    "AbortSignal",
+    "CancelResult",
+    "ConditionContext",
+    "EventStream",
+    "RetryConfig",
+    "Run",
+    "RunNotFoundError",
+    "RunResult",
+    "RunStateError",
+    "SnapshotError",
+    "Step",
+    "StepContext",
+    "StepFailedError",
+    "StepResult",
+    "StepTimeoutError",
+    "StorageError",
+    "TrioflowError",
+    "ValidationError",
+    "Workflow",
+    "WorkflowCanceled",
+    "WorkflowEvent",
+    "WorkflowFinish",
+    "WorkflowStart",
+    "WorkflowStepProgress",
+    "WorkflowStepResult",
+    "WorkflowStepStart",
+    "WorkflowStepSuspended",
+    "WorkflowStepWaiting",
+    "create_step",
+    "create_workflow",
+    "step",
+]
+
+_fixup_module_metadata(__name__, globals())
+del _fixup_module_metadata

@@ -1,0 +1,26 @@
+"""The one wall clock trioflow reads, for timestamps it stores and for `sleep_until`.
+
+Waiting always goes through Trio's clock; this clock only says what time it is in the
+world, so persisted timestamps mean something in another process. `trioflow.testing`
+swaps it for one tied to `trio.current_time()` so that `MockClock` drives it too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+_wall_clock: Callable[[], float] = time.time  # noqa: TID251 - the sanctioned wall clock
+
+
+def wall_time() -> float:
+    """Seconds since the Unix epoch, from the current wall clock."""
+    return _wall_clock()
+
+
+def set_wall_clock(clock: Callable[[], float] | None) -> Callable[[], float]:
+    """Install `clock` (or the real one for ``None``); return the one it replaces."""
+    global _wall_clock
+    previous = _wall_clock
+    _wall_clock = time.time if clock is None else clock  # noqa: TID251
+    return previous

@@ -1,0 +1,86 @@
+"""The exception hierarchy: one root, subclasses that carry what went wrong and build
+a message that says how to fix it."""
+
+from __future__ import annotations
+
+
+class TrioflowError(Exception):
+    """The root of every error trioflow raises on purpose."""
+
+
+class AbortError(TrioflowError):
+    """The default reason of an aborted :class:`AbortSignal`.
+
+    A step that raises its signal's ``AbortError`` (or calls ``ctx.abort()``) is recorded
+    ``'canceled'``. ``reason`` is the value the signal was aborted with when that value is
+    not itself an exception (see ``AbortSignal.throw_if_aborted``).
+    """
+
+    def __init__(self, message: str = "The operation was aborted", *, reason: object = None):
+        super().__init__(message)
+        self.reason = reason
+
+
+class ValidationError(TrioflowError):
+    """Data crossing a step or workflow boundary does not match its schema."""
+
+    def __init__(self, *, step_id: str | None, what: str, detail: str, path: str = "$") -> None:
+        self.step_id = step_id
+        self.what = what
+        self.detail = detail
+        self.path = path
+        where = f"step {step_id!r}" if step_id is not None else "workflow"
+        super().__init__(
+            f"invalid {what} for {where}: {detail}; pass data that matches the {what} schema"
+        )
+
+
+class StepTimeoutError(TrioflowError, TimeoutError):
+    """A step ran longer than its ``timeout=``; the step is recorded ``'failed'``."""
+
+    def __init__(self, step_id: str, timeout: float) -> None:
+        self.step_id = step_id
+        self.timeout = timeout
+        super().__init__(
+            f"step {step_id!r} did not finish within its timeout of {timeout:g}s; "
+            "raise the timeout or make the step faster"
+        )
+
+
+class StepFailedError(TrioflowError):
+    """A step failed with an exception whose object is no longer at hand, such as a run
+    loaded from storage in another process; ``type_name`` names the original class."""
+
+    def __init__(self, message: str, *, step_id: str | None = None, type_name: str = "") -> None:
+        self.step_id = step_id
+        self.type_name = type_name
+        super().__init__(message)
+
+
+class RunStateError(TrioflowError):
+    """The run is not in a state that allows the operation (resume of a canceled run...)."""
+
+    def __init__(self, run_id: str, status: str, message: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(message)
+
+
+class RunNotFoundError(TrioflowError, LookupError):
+    """No run with this id is stored."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"no run with id {run_id!r}; list the stored runs with engine.list_runs()")
+
+
+class SnapshotError(TrioflowError):
+    """A stored snapshot cannot be read: corrupt, foreign, or from a newer trioflow."""
+
+    def __init__(self, run_id: str, detail: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"cannot read the snapshot of run {run_id!r}: {detail}")
+
+
+class StorageError(TrioflowError):
+    """The storage failed (locked, read-only, unreachable); ``__cause__`` has the detail."""

@@ -1,0 +1,168 @@
+"""Typed watch events and their fan-out to watchers.
+
+Events are a tagged union of frozen Structs: encoded with a ``type`` field, and readable
+as ``event.type``. A run with no watcher builds no event at all.
+"""
+
+from __future__ import annotations
+
+import math
+from types import TracebackType
+from typing import Any, ClassVar
+
+import msgspec
+import trio
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    run_id: str
+    type_name: ClassVar[str]
+
+    @property
+    def type(self) -> str:
+        return self.type_name
+
+
+class WorkflowStart(_Event, frozen=True, kw_only=True, tag="workflow-start"):
+    type_name: ClassVar[str] = "workflow-start"
+    workflow_id: str
+
+
+class WorkflowStepStart(_Event, frozen=True, kw_only=True, tag="workflow-step-start"):
+    type_name: ClassVar[str] = "workflow-step-start"
+    step_id: str
+    status: str = "running"
+    payload: Any = None
+
+
+class WorkflowStepResult(_Event, frozen=True, kw_only=True, tag="workflow-step-result"):
+    type_name: ClassVar[str] = "workflow-step-result"
+    step_id: str
+    status: str
+    output: Any = None
+    error: str | None = None
+
+
+class WorkflowStepSuspended(_Event, frozen=True, kw_only=True, tag="workflow-step-suspended"):
+    type_name: ClassVar[str] = "workflow-step-suspended"
+    step_id: str
+    status: str = "suspended"
+    payload: Any = None
+
+
+class WorkflowStepWaiting(_Event, frozen=True, kw_only=True, tag="workflow-step-waiting"):
+    type_name: ClassVar[str] = "workflow-step-waiting"
+    step_id: str
+    status: str = "waiting"
+
+
+class WorkflowStepProgress(_Event, frozen=True, kw_only=True, tag="workflow-step-progress"):
+    """One `foreach` item finished: ``completed`` of ``total`` are done."""
+
+    type_name: ClassVar[str] = "workflow-step-progress"
+    step_id: str
+    status: str
+    item_index: int
+    completed: int
+    total: int
+
+
+class WorkflowCanceled(_Event, frozen=True, kw_only=True, tag="workflow-canceled"):
+    type_name: ClassVar[str] = "workflow-canceled"
+    reason: str | None = None
+
+
+class WorkflowFinish(_Event, frozen=True, kw_only=True, tag="workflow-finish"):
+    type_name: ClassVar[str] = "workflow-finish"
+    status: str
+    result: Any = None
+    error: str | None = None
+
+
+WorkflowEvent = (
+    WorkflowStart
+    | WorkflowStepStart
+    | WorkflowStepResult
+    | WorkflowStepSuspended
+    | WorkflowStepWaiting
+    | WorkflowStepProgress
+    | WorkflowCanceled
+    | WorkflowFinish
+)
+
+event_decoder: msgspec.json.Decoder[WorkflowEvent] = msgspec.json.Decoder(WorkflowEvent)
+
+
+def encode_event(event: WorkflowEvent) -> bytes:
+    """The event as JSON, with its ``type`` tag (outputs encoded as msgspec can)."""
+    return msgspec.json.encode(event, enc_hook=str)
+
+
+class EventStream:
+    """What `Run.watch()` gives: an async iterator that ends after a `workflow-finish`."""
+
+    __slots__ = ("_finished", "_receive")
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[WorkflowEvent]) -> None:
+        self._receive = receive
+        self._finished = False
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> WorkflowEvent:
+        if self._finished:
+            raise StopAsyncIteration
+        try:
+            event = await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        if type(event) is WorkflowFinish:
+            self._finished = True
+        return event
+
+
+class Watchers:
+    """The fan-out: each watcher has an unbounded channel, so a slow watcher never
+    slows the run; `emit` is synchronous and in order."""
+
+    __slots__ = ("_channels",)
+
+    def __init__(self) -> None:
+        self._channels: list[trio.MemorySendChannel[WorkflowEvent]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._channels)
+
+    def emit(self, event: WorkflowEvent) -> None:
+        for channel in self._channels:
+            try:
+                channel.send_nowait(event)
+            except trio.BrokenResourceError:
+                pass  # the watcher left; `_WatchContext.__aexit__` removes it
+
+    def watch(self) -> _WatchContext:
+        return _WatchContext(self)
+
+
+class _WatchContext:
+    __slots__ = ("_receive", "_send", "_watchers")
+
+    def __init__(self, watchers: Watchers) -> None:
+        self._watchers = watchers
+        self._send, self._receive = trio.open_memory_channel[WorkflowEvent](math.inf)
+
+    async def __aenter__(self) -> EventStream:
+        await trio.lowlevel.checkpoint()
+        self._watchers._channels.append(self._send)
+        return EventStream(self._receive)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._watchers._channels.remove(self._send)
+        self._send.close()
+        self._receive.close()

@@ -1,0 +1,564 @@
+"""Walks a workflow's graph for one run: the step loop, parallelism, loops, retries.
+
+Every node first checks the run's records so that a resumed or recovered run replays:
+a step recorded ``'success'`` is not run again. A step in progress is in
+``run._in_flight`` under a sort key of declaration indices; whoever interrupts a group
+of steps (the run's finalizer, a failing parallel branch) records those still in flight
+``'canceled'`` in that key order, never in the order Trio happens to wake them.
+
+Only the control exceptions below leave a node; `trio.Cancelled` passes through
+untouched and leaves the interrupted steps in flight for the canceller to record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from . import _events as ev
+from ._abort import AbortController, AbortSignal
+from ._clock import wall_time
+from ._errors import AbortError, StepTimeoutError, ValidationError
+from ._results import StepResult
+from ._schema import convert
+from ._step import Bail, ConditionContext, Step, StepContext, Suspend, call_maybe_async
+from ._workflow import (
+    BranchNode,
+    ForeachNode,
+    LoopNode,
+    MapNode,
+    Node,
+    ParallelNode,
+    SleepNode,
+    StepNode,
+    WaitEventNode,
+    Workflow,
+)
+
+if TYPE_CHECKING:
+    from ._run import Run
+
+Key = tuple[int, ...]
+# Appended to a step's key so that its nested steps sort (and are canceled) before it.
+_AFTER_CHILDREN = math.inf
+
+
+class Outcome(Exception):
+    """Ends the step loop: the run (or a nested workflow) stops here."""
+
+
+class StopRun(Outcome):
+    """The run is canceled: nothing more may start."""
+
+
+class FailRun(Outcome):
+    def __init__(self, error: BaseException, step_id: str | None) -> None:
+        self.error = error
+        self.step_id = step_id
+
+
+class SuspendRun(Outcome):
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+
+
+class BailRun(Outcome):
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+
+class Frame:
+    """One workflow level of an execution: the run's own workflow or a nested one."""
+
+    __slots__ = ("init_data", "prefix", "run", "workflow")
+
+    def __init__(self, run: Run, workflow: Workflow, prefix: str, init_data: Any) -> None:
+        self.run = run
+        self.workflow = workflow
+        self.prefix = prefix
+        self.init_data = init_data
+
+    @property
+    def state(self) -> Any:
+        return self.run._states.get(self.prefix)
+
+    def set_state(self, value: Any) -> None:
+        self.run._states[self.prefix] = convert(
+            value, self.workflow.state_schema, step_id=self.prefix[:-1] or None, what="state"
+        )
+
+    def get_step_result(self, step: Step[Any, Any] | Workflow | str) -> Any:
+        step_id = step if isinstance(step, str) else step.id
+        record = self.run._steps.get(self.prefix + step_id)
+        return record.output if record is not None and record.status == "success" else None
+
+
+async def execute_workflow(frame: Frame, value: Any, key: Key) -> Any:
+    """Run every node of `frame.workflow` in order; the last output, validated."""
+    workflow = frame.workflow
+    step_id = frame.prefix[:-1] or None
+    try:
+        value = convert(value, workflow.input_schema, step_id=step_id, what="input")
+    except ValidationError as exc:
+        raise FailRun(exc, step_id) from None
+    for index, node in enumerate(workflow.nodes):
+        value = await execute_node(frame, node, value, (*key, index))
+    try:
+        return convert(value, workflow.output_schema, step_id=step_id, what="output")
+    except ValidationError as exc:
+        raise FailRun(exc, step_id) from None
+
+
+async def execute_node(frame: Frame, node: Node, value: Any, key: Key) -> Any:
+    if type(node) is StepNode:
+        return await run_step(frame, node.step, value, key)
+    if type(node) is LoopNode:
+        return await _run_loop(frame, node, value, key)
+    if type(node) is ParallelNode:
+        return await _run_parallel(frame, node.steps, value, key)
+    if type(node) is BranchNode:
+        return await _run_branch(frame, node, value, key)
+    if type(node) is ForeachNode:
+        return await _run_foreach(frame, node, value, key)
+    if type(node) is MapNode:
+        return await _run_map(frame, node, value, key)
+    if type(node) is SleepNode:
+        return await _run_sleep(frame, node, value, key)
+    assert type(node) is WaitEventNode
+    return await _run_wait_for_event(frame, node, value, key)
+
+
+# --- steps ------------------------------------------------------------------------------
+
+
+def _replayed(run: Run, path: str, *, loop: bool = False) -> StepResult | None:
+    """The record of `path` from an earlier execution, if any. Raises if the step must
+    not start: the run is canceled, or the step stays suspended (another one resumes).
+    A ``'success'`` record means "replay its output" unless `loop` (an earlier iteration).
+    """
+    record = run._steps.get(path)
+    if record is not None:
+        if record.status == "success" and not loop:
+            return record
+        if record.status == "suspended" and not run._is_resuming(path):
+            raise SuspendRun(run._suspended_leaves(path))
+    if run.cancel_requested:
+        raise StopRun
+    return record
+
+
+def _begin(run: Run, path: str, value: Any, key: Key) -> None:
+    run._steps[path] = StepResult(status="running", payload=value, started_at=wall_time())
+    run._in_flight[path] = (*key, _AFTER_CHILDREN)
+    if run._watchers:
+        run._watchers.emit(ev.WorkflowStepStart(run_id=run.run_id, step_id=path, payload=value))
+
+
+def _end(run: Run, path: str, status: str, **fields: Any) -> None:
+    """Record a step's outcome: it is no longer in flight."""
+    del run._in_flight[path]
+    started = run._steps[path].started_at
+    run._steps[path] = StepResult(status=status, started_at=started, ended_at=wall_time(), **fields)  # type: ignore[arg-type]
+    if run._watchers:
+        if status == "suspended":
+            event: ev.WorkflowEvent = ev.WorkflowStepSuspended(
+                run_id=run.run_id, step_id=path, payload=fields.get("suspend_payload")
+            )
+        else:
+            error = fields.get("error")
+            event = ev.WorkflowStepResult(
+                run_id=run.run_id,
+                step_id=path,
+                status=status,
+                output=fields.get("output"),
+                error=None if error is None else str(error),
+            )
+        run._watchers.emit(event)
+
+
+async def run_step(
+    frame: Frame,
+    step: Step[Any, Any] | Workflow,
+    value: Any,
+    key: Key,
+    *,
+    loop: bool = False,
+    resume_data: Any = None,
+) -> Any:
+    """Run one step (or nested workflow) on `value`, recording it; its output.
+
+    In a loop (`loop=True`) an earlier iteration's ``'success'`` is not a replay.
+    """
+    run = frame.run
+    path = frame.prefix + step.id
+    record = _replayed(run, path, loop=loop)
+    if record is not None:
+        if record.status == "success" and not loop:
+            return record.output
+        if record.status == "suspended":
+            resume_data = record.resume_payload
+    _begin(run, path, value, key)
+    if type(step) is Workflow:
+        return await _run_nested(frame, step, path, value, key)
+    assert type(step) is Step
+    try:
+        output = await call_step(frame, step, path, value, resume_data)
+    except Suspend as exc:
+        try:
+            payload = convert(
+                exc.payload, step.suspend_schema, step_id=path, what="suspend payload"
+            )
+        except ValidationError as error:
+            _end(run, path, "failed", error=error)
+            raise FailRun(error, path) from None
+        _end(run, path, "suspended", suspend_payload=payload, payload=value)
+        raise SuspendRun([path]) from None
+    except Bail as exc:
+        _end(run, path, "success", output=exc.result, payload=value)
+        raise BailRun(exc.result) from None
+    except AbortError:
+        _end(run, path, "canceled", payload=value)
+        run._request_cancel(None, cancel_scope=True)  # an AbortError of the step's own making
+        raise StopRun from None
+    except Exception as exc:
+        _end(run, path, "failed", error=exc, payload=value)
+        raise FailRun(exc, path) from None
+    _end(run, path, "success", output=output, payload=value)
+    return output
+
+
+async def call_step(
+    frame: Frame, step: Step[Any, Any], path: str, value: Any, resume_data: Any
+) -> Any:
+    """Execute `step` with its retries and timeout: its validated output, or the
+    exception of the last attempt. Records nothing."""
+    run = frame.run
+    value = convert(value, step.input_schema, step_id=path, what="input")
+    retries = step.retries if step.retries is not None else frame.workflow.retry_config.attempts
+    attempt = 0
+    while True:
+        try:
+            if step.timeout is None:
+                ctx = StepContext(
+                    frame, value, run._signal, resume_data, attempt, not step.is_async
+                )
+                if step.is_async:
+                    output = await step.execute(ctx)
+                else:
+                    output = await trio.to_thread.run_sync(step.execute, ctx)
+            else:
+                output = await _call_with_timeout(frame, step, path, value, resume_data, attempt)
+            return convert(output, step.output_schema, step_id=path, what="output")
+        except (Suspend, Bail, AbortError):
+            raise
+        except Exception:
+            if attempt >= retries or run.cancel_requested:
+                raise
+        attempt += 1
+        delay = frame.workflow.retry_config.delay_before(attempt)
+        if delay > 0:
+            await trio.sleep(delay)
+        else:
+            await trio.lowlevel.checkpoint()
+
+
+async def _call_with_timeout(
+    frame: Frame, step: Step[Any, Any], path: str, value: Any, resume_data: Any, attempt: int
+) -> Any:
+    """Run `step` under its timeout: at the deadline the step's signal aborts with a
+    `StepTimeoutError` (listeners clean up first), then its scope is cancelled."""
+    assert step.timeout is not None
+    own = AbortController()
+    signal = AbortSignal.any([frame.run._signal, own.signal])
+    ctx = StepContext(frame, value, signal, resume_data, attempt, not step.is_async)
+    error = StepTimeoutError(path, step.timeout)
+    timer = AbortSignal.timeout(step.timeout)
+    with trio.CancelScope() as scope:
+
+        def time_out() -> None:
+            own.abort(error)
+            scope.cancel()
+
+        timer.add_event_listener("abort", time_out)
+        try:
+            if step.is_async:
+                output = await step.execute(ctx)
+            else:
+                output = await trio.to_thread.run_sync(step.execute, ctx)
+        finally:
+            timer.remove_event_listener("abort", time_out)
+    if own.signal.aborted:
+        raise error
+    return output
+
+
+async def _run_nested(frame: Frame, workflow: Workflow, path: str, value: Any, key: Key) -> Any:
+    run = frame.run
+    child = Frame(run, workflow, path + ".", value)
+    try:
+        output = await execute_workflow(child, value, key)
+    except BailRun as exc:
+        output = exc.result  # a bail ends the nested workflow, not its parent
+    except SuspendRun:
+        _end(run, path, "suspended", payload=value)
+        raise
+    except FailRun as exc:
+        _end(run, path, "failed", error=exc.error, payload=value)
+        raise FailRun(exc.error, path) from None
+    _end(run, path, "success", output=output, payload=value)
+    return output
+
+
+# --- concurrency ------------------------------------------------------------------------
+
+
+async def _run_parallel(
+    frame: Frame, steps: Sequence[Step[Any, Any] | Workflow], value: Any, key: Key
+) -> dict[str, Any]:
+    """Run `steps` at once; a failure cancels the siblings (recorded ``'canceled'``)."""
+    outcomes: list[Any] = [None] * len(steps)
+    failed = False
+
+    async def branch(index: int, step: Step[Any, Any] | Workflow) -> None:
+        nonlocal failed
+        try:
+            outcomes[index] = await run_step(frame, step, value, (*key, index))
+        except Outcome as exc:
+            outcomes[index] = exc
+            if isinstance(exc, FailRun | StopRun) and not failed:
+                failed = True
+                nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for index, step in enumerate(steps):
+            nursery.start_soon(branch, index, step)
+    if failed:
+        frame.run._cancel_in_flight(key)
+    return _gather(steps, outcomes)
+
+
+def _gather(steps: Sequence[Step[Any, Any] | Workflow], outcomes: list[Any]) -> dict[str, Any]:
+    """The output of finished branches, or the control exception that wins, in
+    declaration order: a failure, then a cancel, then a bail, then suspensions."""
+    for kind in (FailRun, StopRun, BailRun):
+        for outcome in outcomes:
+            if isinstance(outcome, kind):
+                raise outcome
+    suspended = [p for o in outcomes if isinstance(o, SuspendRun) for p in o.paths]
+    if suspended:
+        raise SuspendRun(suspended)
+    return {step.id: outcome for step, outcome in zip(steps, outcomes, strict=True)}
+
+
+async def _run_branch(frame: Frame, node: BranchNode, value: Any, key: Key) -> dict[str, Any]:
+    chosen = []
+    for condition, step in node.branches:
+        record = frame.run._steps.get(frame.prefix + step.id)
+        # On a replay a branch that ran before is taken again, whatever its condition says now.
+        if record is not None or await call_maybe_async(condition, ConditionContext(frame, value)):
+            chosen.append(step)
+    if not chosen:
+        return {}
+    return await _run_parallel(frame, chosen, value, key)
+
+
+async def _run_loop(frame: Frame, node: LoopNode, value: Any, key: Key) -> Any:
+    run = frame.run
+    path = frame.prefix + node.step.id
+    iteration, done = 0, False
+    progress = run._progress.get(path)
+    if progress is not None:
+        iteration, value, done = progress
+    while not done:
+        value = await run_step(frame, node.step, value, key, loop=True)
+        iteration += 1
+        verdict = await call_maybe_async(node.condition, ConditionContext(frame, value, iteration))
+        done = bool(verdict) if node.until else not verdict
+        run._progress[path] = (iteration, value, done)
+    return value
+
+
+async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) -> list[Any]:
+    """Run the step on each item, at most `concurrency` at once; items start in input
+    order, outputs keep it. Recorded as one step under the step's id."""
+    run = frame.run
+    step = node.step
+    path = frame.prefix + step.id
+    record = _replayed(run, path)
+    if record is not None and record.status == "success":
+        return record.output  # type: ignore[no-any-return]
+    if not isinstance(items, list | tuple):
+        error = TypeError(
+            f"foreach step {path!r} needs a list as input, got {type(items).__name__}"
+        )
+        raise FailRun(error, path)
+    done: dict[int, Any] = run._progress.setdefault(path, {})
+    _begin(run, path, items, key)
+    slots = trio.Semaphore(node.concurrency)
+    failure: list[BaseException] = []
+
+    async def item(index: int) -> None:
+        try:
+            item_key = (*key, index)
+            if type(step) is Workflow:
+                child = Frame(run, step, f"{path}.{index}.", items[index])
+                output = await execute_workflow(child, items[index], item_key)
+            else:
+                assert type(step) is Step
+                output = await call_step(frame, step, path, items[index], None)
+        except (FailRun, Suspend, SuspendRun, StopRun) as exc:
+            failure.append(_foreach_error(path, exc))
+            nursery.cancel_scope.cancel()
+        except Exception as exc:
+            failure.append(exc)
+            nursery.cancel_scope.cancel()
+        else:
+            done[index] = output
+            if run._watchers:
+                run._watchers.emit(
+                    ev.WorkflowStepProgress(
+                        run_id=run.run_id,
+                        step_id=path,
+                        status="success",
+                        item_index=index,
+                        completed=len(done),
+                        total=len(items),
+                    )
+                )
+        finally:
+            slots.release()
+
+    async with trio.open_nursery() as nursery:
+        for index in range(len(items)):
+            if index in done:
+                continue
+            await slots.acquire()
+            if failure or run.cancel_requested:
+                slots.release()
+                break
+            nursery.start_soon(item, index)
+    if failure:
+        run._cancel_in_flight(key, keep=path)
+        _end(run, path, "failed", error=failure[0], payload=items)
+        raise FailRun(failure[0], path)
+    if run.cancel_requested:
+        raise StopRun
+    outputs = [done[index] for index in range(len(items))]
+    _end(run, path, "success", output=outputs, payload=items)
+    return outputs
+
+
+def _foreach_error(path: str, exc: BaseException) -> BaseException:
+    if isinstance(exc, FailRun):
+        return exc.error
+    if isinstance(exc, Suspend | SuspendRun):
+        return RuntimeError(
+            f"a step of foreach {path!r} suspended; suspend is not supported in foreach"
+        )
+    return AbortError(f"foreach {path!r} was aborted")
+
+
+# --- data, time and events ---------------------------------------------------------------
+
+
+async def _run_map(frame: Frame, node: MapNode, value: Any, key: Key) -> Any:
+    run = frame.run
+    path = frame.prefix + node.id
+    record = _replayed(run, path)
+    if record is not None and record.status == "success":
+        return record.output
+    _begin(run, path, value, key)
+    try:
+        output = await call_maybe_async(node.fn, ConditionContext(frame, value))
+    except Exception as exc:
+        _end(run, path, "failed", error=exc, payload=value)
+        raise FailRun(exc, path) from None
+    _end(run, path, "success", output=output, payload=value)
+    return output
+
+
+async def _run_sleep(frame: Frame, node: SleepNode, value: Any, key: Key) -> Any:
+    """``'waiting'`` until the deadline. Its wall-clock time is kept in the run's
+    progress, so a recovered run sleeps only what is left."""
+    run = frame.run
+    path = frame.prefix + node.id
+    record = _replayed(run, path)
+    if record is not None and record.status == "success":
+        return record.output
+    deadline: float | None = run._progress.get(path)
+    if deadline is None:
+        when = node.when
+        if callable(when):
+            try:
+                when = await call_maybe_async(when, ConditionContext(frame, value))
+                deadline = _wall_deadline(path, when, node.until)
+            except (TypeError, ValueError) as exc:
+                raise FailRun(exc, path) from None
+        else:
+            deadline = _wall_deadline(path, when, node.until)
+        run._progress[path] = deadline
+        wait = when if not node.until else deadline - wall_time()
+    else:
+        wait = deadline - wall_time()
+    await _wait_step(run, path, value, key, trio.sleep, max(0.0, wait))
+    _end(run, path, "success", output=value, payload=value)
+    return value
+
+
+def _wall_deadline(path: str, when: Any, until: bool) -> float:
+    if until:
+        if not isinstance(when, dt.datetime) or when.tzinfo is None:
+            raise ValueError(
+                f"sleep_until step {path!r} needs a timezone-aware datetime, got {when!r}"
+            )
+        return when.timestamp()
+    if not isinstance(when, int | float) or when < 0:
+        raise ValueError(f"sleep step {path!r} needs seconds >= 0, got {when!r}")
+    return wall_time() + when
+
+
+async def _wait_step(
+    run: Run, path: str, value: Any, key: Key, wait: Callable[[Any], Awaitable[Any]], arg: Any
+) -> Any:
+    """Record `path` ``'waiting'`` and the run ``'waiting'`` while ``wait(arg)`` runs."""
+    run._steps[path] = StepResult(status="waiting", payload=value, started_at=wall_time())
+    run._in_flight[path] = (*key, _AFTER_CHILDREN)
+    if run._watchers:
+        run._watchers.emit(ev.WorkflowStepWaiting(run_id=run.run_id, step_id=path))
+    run._enter_waiting()
+    try:
+        return await wait(arg)
+    finally:
+        run._leave_waiting()
+
+
+async def _run_wait_for_event(frame: Frame, node: WaitEventNode, value: Any, key: Key) -> Any:
+    run = frame.run
+    path = frame.prefix + node.step.id
+    record = _replayed(run, path)
+    if record is not None and record.status == "success":
+        return record.output
+    data = run._progress.get(path, _NO_EVENT)  # an event taken before a crash
+    if data is _NO_EVENT:
+        data = run._take_event(node.name)
+    if data is _NO_EVENT:
+        data = await _wait_step(run, path, value, key, run._wait_event, node.name)
+        del run._in_flight[path]
+    run._progress[path] = data
+    return await run_step(frame, node.step, value, key, resume_data=data)
+
+
+_NO_EVENT: Any = object()
+
+
+def sort_paths(in_flight: dict[str, tuple[float, ...]], prefix_key: Key) -> list[str]:
+    """The in-flight paths under `prefix_key`, in declaration order (children first)."""
+    n = len(prefix_key)
+    return sorted(
+        (path for path, key in in_flight.items() if key[:n] == prefix_key),
+        key=in_flight.__getitem__,
+    )

@@ -1,0 +1,447 @@
+"""A run: one execution history of a workflow, with `start`, `resume`, `watch`, `cancel`.
+
+Each execution (a `start` or a `resume`) runs inside the run's own `trio.CancelScope`;
+the run's `AbortSignal` is that scope's face for step authors. `cancel()` aborts the
+signal (listeners run), then cancels the scope (at once, or after a grace period via the
+scope's deadline), and the finalizer, which runs once the step loop has exited, records
+the one terminal outcome.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import uuid
+from collections import deque
+from typing import Any
+
+import msgspec
+import trio
+
+from . import _events as ev
+from ._abort import AbortController
+from ._clock import wall_time
+from ._errors import RunStateError, ValidationError
+from ._executor import (
+    BailRun,
+    FailRun,
+    Frame,
+    Key,
+    StopRun,
+    SuspendRun,
+    execute_workflow,
+    sort_paths,
+)
+from ._results import TERMINAL, CancelResult, RunResult, RunStatus, StepResult
+from ._schema import convert
+from ._step import Step
+from ._workflow import WaitEventNode, Workflow, node_steps
+
+_current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
+    "trioflow_current_run", default=None
+)
+_NO_EVENT: Any = object()
+
+
+class Run:
+    """One run of a workflow. Get one with ``await workflow.create_run()``."""
+
+    __slots__ = (
+        "_controller",
+        "_done",
+        "_error",
+        "_event_arrived",
+        "_executing",
+        "_in_flight",
+        "_input",
+        "_pending_events",
+        "_progress",
+        "_result",
+        "_resuming",
+        "_scope",
+        "_states",
+        "_status",
+        "_steps",
+        "_suspended",
+        "_waiting",
+        "_watchers",
+        "cancel_requested",
+        "run_id",
+        "workflow",
+    )
+
+    def __init__(self, workflow: Workflow, run_id: str | None = None) -> None:
+        self.workflow = workflow
+        self.run_id = run_id if run_id is not None else str(uuid.uuid4())
+        self.cancel_requested = False
+        self._status: RunStatus = "pending"
+        self._controller = AbortController()
+        self._scope: trio.CancelScope | None = None
+        self._done: trio.Event | None = None
+        self._executing = False
+        self._steps: dict[str, StepResult] = {}
+        self._in_flight: dict[str, tuple[float, ...]] = {}
+        self._progress: dict[str, Any] = {}
+        self._states: dict[str, Any] = {}
+        self._input: Any = None
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._suspended: list[str] = []
+        self._resuming: str | None = None
+        self._waiting = 0
+        self._pending_events: dict[str, deque[Any]] = {}
+        self._event_arrived: trio.Event | None = None
+        self._watchers = ev.Watchers()
+
+    def __repr__(self) -> str:
+        return f"<trioflow.Run {self.run_id!r} of {self.workflow.id!r}: {self._status}>"
+
+    @property
+    def status(self) -> RunStatus:
+        """The live status: pending, running, waiting, suspended, success, failed, canceled."""
+        return self._status
+
+    @property
+    def _signal(self) -> Any:
+        return self._controller.signal
+
+    @property
+    def abort_signal(self) -> Any:
+        """The run's `AbortSignal`, aborted by `cancel()` (and by ``ctx.abort()``)."""
+        return self._controller.signal
+
+    # --- public API -------------------------------------------------------------------
+
+    async def start(self, input_data: Any = None, *, initial_state: Any = None) -> RunResult:
+        """Execute the run from its first step; the result once it stops executing.
+
+        A run canceled before it started returns its ``'canceled'`` result.
+        """
+        if self._status == "canceled":
+            await trio.lowlevel.checkpoint()
+            return self.result_nowait()
+        if self._status != "pending" or self._executing:
+            raise RunStateError(
+                self.run_id,
+                self._status,
+                f"run {self.run_id!r} was already started (it is {self._status!r}); "
+                "resume it with run.resume() or start a new run with workflow.create_run()",
+            )
+        self._input = input_data
+        state_schema = self.workflow.state_schema
+        if initial_state is not None or state_schema is not None:
+            self._states[""] = _initial_state(self.workflow, initial_state)
+        return await self._execute()
+
+    async def resume(
+        self,
+        step: str | Step[Any, Any] | Workflow | list[str] | None = None,
+        resume_data: Any = None,
+    ) -> RunResult:
+        """Continue a suspended run: `step` (an id, a step, or a nested path list) runs
+        again with `resume_data` as ``ctx.resume_data``, validated by its resume schema.
+        """
+        await trio.lowlevel.checkpoint()
+        if self._status != "suspended" or self._executing:
+            raise RunStateError(self.run_id, self._status, self._not_resumable())
+        path = self._suspended_path(step)
+        target = _find_step(self.workflow, path.split("."))
+        schema = target.resume_schema if isinstance(target, Step) else None
+        data = convert(resume_data, schema, step_id=path, what="resume data")
+        record = self._steps[path]
+        self._steps[path] = msgspec.structs.replace(record, resume_payload=data)
+        self._resuming = path
+        try:
+            return await self._execute()
+        finally:
+            self._resuming = None
+
+    async def cancel(self, reason: object = None, *, grace_period: float = 0) -> CancelResult:
+        """Cancel the run (SPEC §3). Returns once nothing of the run is executing, except
+        when called from inside the run itself, which only requests the cancellation."""
+        await trio.lowlevel.checkpoint()
+        if self._status in TERMINAL and not self._executing:
+            return _cancel_result(self._status)
+        first = self._request_cancel(reason, cancel_scope=False)
+        if not self._executing:
+            if first:
+                self._finish_idle_cancel()
+            return _cancel_result(self._status)
+        scope = self._scope
+        assert scope is not None and self._done is not None
+        if grace_period > 0:
+            scope.deadline = min(scope.deadline, trio.current_time() + grace_period)
+        else:
+            scope.cancel()
+        if _current_run.get() is self:
+            return _cancel_result("canceled")
+        await self._done.wait()
+        return _cancel_result(self._status)
+
+    def watch(self) -> ev._WatchContext:
+        """``async with run.watch() as events: async for event in events: ...`` — the
+        events from now on, ending after the next ``workflow-finish``."""
+        return self._watchers.watch()
+
+    async def send_event(self, name: str, data: Any = None) -> None:
+        """Deliver an event to `.wait_for_event(name, ...)`: kept until waited for.
+
+        The data is validated at once by the waiting step's resume schema.
+        """
+        await trio.lowlevel.checkpoint()
+        if self._status in TERMINAL:
+            raise RunStateError(
+                self.run_id,
+                self._status,
+                f"run {self.run_id!r} is {self._status}; it takes no events",
+            )
+        node = _find_event_node(self.workflow, name)
+        if node is None:
+            raise ValueError(
+                f"workflow {self.workflow.id!r} has no .wait_for_event({name!r}, ...); "
+                "check the event name"
+            )
+        data = convert(data, node.step.resume_schema, step_id=node.step.id, what="event data")
+        self._pending_events.setdefault(name, deque()).append(data)
+        if self._event_arrived is not None:
+            self._event_arrived.set()
+            self._event_arrived = None
+
+    def result_nowait(self) -> RunResult:
+        """The run's result as it stands now."""
+        return RunResult(
+            run_id=self.run_id,
+            status=self._status,
+            result=self._result,
+            error=self._error,
+            steps=dict(self._steps),
+            suspended=[path.split(".") for path in self._suspended],
+        )
+
+    # --- execution --------------------------------------------------------------------
+
+    async def _execute(self) -> RunResult:
+        self._executing = True
+        self._done = trio.Event()
+        self._scope = scope = trio.CancelScope()
+        self._status = "running"
+        self._suspended = []
+        if self._watchers:
+            self._watchers.emit(ev.WorkflowStart(run_id=self.run_id, workflow_id=self.workflow.id))
+        outcome: BaseException | None = None
+        output: Any = None
+        token = _current_run.set(self)
+        try:
+            with scope:
+                try:
+                    output = await execute_workflow(
+                        Frame(self, self.workflow, "", self._input), self._input, ()
+                    )
+                except (FailRun, SuspendRun, StopRun, BailRun) as exc:
+                    outcome = exc
+                else:
+                    outcome = BailRun(output)
+        finally:
+            _current_run.reset(token)
+            self._executing = False
+            # An outcome, or our own cancel: record it. Otherwise the cancellation came
+            # from outside and the run stays as it was at its last transition.
+            if outcome is not None or self.cancel_requested:
+                self._finish(outcome)
+            self._done.set()
+        return self.result_nowait()
+
+    def _finish(self, outcome: BaseException | None) -> None:
+        """The one terminal (or suspended) transition of an execution. A requested
+        cancel wins over whatever the step loop reached, so `cancel()`, the result and
+        the events always agree."""
+        status: RunStatus
+        if self.cancel_requested:
+            status = "canceled"
+            self._cancel_in_flight(())
+        elif isinstance(outcome, FailRun):
+            status, self._error = "failed", outcome.error
+        elif isinstance(outcome, SuspendRun):
+            status, self._suspended = "suspended", outcome.paths
+        else:
+            assert isinstance(outcome, BailRun)
+            status, self._result = "success", outcome.result
+        self._status = status
+        if self._watchers:
+            self._emit_finish(status)
+
+    def _emit_finish(self, status: RunStatus) -> None:
+        if status == "canceled":
+            reason = self._controller.signal.reason
+            self._watchers.emit(
+                ev.WorkflowCanceled(
+                    run_id=self.run_id, reason=None if reason is None else str(reason)
+                )
+            )
+        self._watchers.emit(
+            ev.WorkflowFinish(
+                run_id=self.run_id,
+                status=status,
+                result=self._result,
+                error=None if self._error is None else str(self._error),
+            )
+        )
+
+    def _finish_idle_cancel(self) -> None:
+        """Cancel a run that is not executing (pending, suspended, waiting in storage):
+        its suspended or waiting steps become ``'canceled'``."""
+        now = wall_time()
+        for path, record in self._steps.items():
+            if record.status in ("suspended", "waiting", "running"):
+                self._steps[path] = msgspec.structs.replace(record, status="canceled", ended_at=now)
+        self._status = "canceled"
+        self._suspended = []
+        if self._watchers:
+            self._emit_finish("canceled")
+
+    def _request_cancel(self, reason: object, *, cancel_scope: bool) -> bool:
+        """Mark the run canceled and abort its signal, once; True the first time."""
+        if self.cancel_requested:
+            return False
+        self.cancel_requested = True
+        self._controller.abort(reason)
+        if cancel_scope and self._scope is not None:
+            self._scope.cancel()
+        return True
+
+    def _cancel_in_flight(self, key: Key, *, keep: str | None = None) -> None:
+        """Record the steps in flight under `key` ``'canceled'``, in declaration order."""
+        now = wall_time()
+        for path in sort_paths(self._in_flight, key):
+            if path == keep:
+                continue
+            del self._in_flight[path]
+            record = self._steps[path]
+            self._steps[path] = StepResult(
+                status="canceled",
+                payload=record.payload,
+                started_at=record.started_at,
+                ended_at=now,
+            )
+            if self._watchers:
+                self._watchers.emit(
+                    ev.WorkflowStepResult(run_id=self.run_id, step_id=path, status="canceled")
+                )
+
+    # --- helpers of the executor --------------------------------------------------------
+
+    def _is_resuming(self, path: str) -> bool:
+        resuming = self._resuming
+        return resuming is not None and (resuming == path or resuming.startswith(path + "."))
+
+    def _suspended_leaves(self, path: str) -> list[str]:
+        """The suspended steps at or under `path` that hold no suspended step below."""
+        paths = [
+            p
+            for p, r in self._steps.items()
+            if r.status == "suspended" and (p == path or p.startswith(path + "."))
+        ]
+        return [p for p in paths if not any(q.startswith(p + ".") for q in paths)]
+
+    def _enter_waiting(self) -> None:
+        self._waiting += 1
+        self._status = "waiting"
+
+    def _leave_waiting(self) -> None:
+        self._waiting -= 1
+        if self._waiting == 0 and self._status == "waiting":
+            self._status = "running"
+
+    def _take_event(self, name: str) -> Any:
+        queue = self._pending_events.get(name)
+        if not queue:
+            return _NO_EVENT
+        data = queue.popleft()
+        if not queue:
+            del self._pending_events[name]
+        return data
+
+    async def _wait_event(self, name: str) -> Any:
+        while True:
+            data = self._take_event(name)
+            if data is not _NO_EVENT:
+                return data
+            if self._event_arrived is None:
+                self._event_arrived = trio.Event()
+            await self._event_arrived.wait()
+
+    def _not_resumable(self) -> str:
+        if self._status == "canceled":
+            return f"run {self.run_id!r} was canceled; a canceled run cannot be resumed"
+        if self._executing:
+            return f"run {self.run_id!r} is executing; wait for it to suspend before resuming"
+        return (
+            f"run {self.run_id!r} is {self._status!r}, not 'suspended'; "
+            "only a suspended run can be resumed"
+        )
+
+    def _suspended_path(self, step: str | Step[Any, Any] | Workflow | list[str] | None) -> str:
+        leaves = self._suspended
+        if step is None:
+            if len(leaves) == 1:
+                return leaves[0]
+            raise ValueError(
+                f"run {self.run_id!r} has {len(leaves)} suspended steps {leaves}; "
+                "name one with step="
+            )
+        if isinstance(step, list | tuple):
+            wanted = ".".join(step)
+        else:
+            wanted = step if isinstance(step, str) else step.id
+        matches = [p for p in leaves if p == wanted or p.endswith("." + wanted)]
+        if len(matches) != 1:
+            raise ValueError(
+                f"step {wanted!r} is not a suspended step of run {self.run_id!r} "
+                f"(suspended: {leaves}); pass one of those paths as step="
+            )
+        return matches[0]
+
+
+def _cancel_result(status: RunStatus) -> CancelResult:
+    if status == "canceled":
+        return CancelResult(message="Workflow run canceled", status="canceled")
+    return CancelResult(message=f"Workflow run already {status}", status=status)
+
+
+def _initial_state(workflow: Workflow, initial_state: Any) -> Any:
+    schema = workflow.state_schema
+    if initial_state is None:
+        try:
+            return convert({}, schema, step_id=None, what="state")
+        except ValidationError as exc:
+            raise ValueError(
+                f"workflow {workflow.id!r} has a state schema without defaults; "
+                "pass start(..., initial_state=...)"
+            ) from exc
+    return convert(initial_state, schema, step_id=None, what="state")
+
+
+def _find_step(workflow: Workflow, parts: list[str]) -> Step[Any, Any] | Workflow | None:
+    """The step or nested workflow at a dotted path of ids."""
+    head, rest = parts[0], parts[1:]
+    for node in workflow.nodes:
+        for candidate in node_steps(node):
+            if candidate.id == head:
+                if not rest:
+                    return candidate
+                if isinstance(candidate, Workflow):
+                    if rest and rest[0].isdigit():  # a foreach item of a nested workflow
+                        rest = rest[1:]
+                    return _find_step(candidate, rest)
+    return None
+
+
+def _find_event_node(workflow: Workflow, name: str) -> WaitEventNode | None:
+    for node in workflow.nodes:
+        if isinstance(node, WaitEventNode) and node.name == name:
+            return node
+        for candidate in node_steps(node):
+            if isinstance(candidate, Workflow):
+                found = _find_event_node(candidate, name)
+                if found is not None:
+                    return found
+    return None

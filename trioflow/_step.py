@@ -1,0 +1,247 @@
+"""Steps: typed units of work, and the context each execution receives."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
+
+import trio
+
+from ._errors import AbortError
+
+if TYPE_CHECKING:
+    from ._abort import AbortSignal
+    from ._executor import Frame
+
+InputT = TypeVar("InputT")
+OutputT = TypeVar("OutputT")
+
+Execute = Callable[["StepContext[Any]"], Awaitable[Any]] | Callable[["StepContext[Any]"], Any]
+
+
+class Suspend(Exception):
+    """Raised by `StepContext.suspend`; the executor records the step ``'suspended'``."""
+
+    def __init__(self, payload: Any) -> None:
+        self.payload = payload
+
+
+class Bail(Exception):
+    """Raised by `StepContext.bail`; the run ends ``'success'`` with ``result``."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+
+def check_id(kind: str, id: object) -> str:
+    if not isinstance(id, str) or not id:
+        raise TypeError(f"a {kind} id must be a non-empty string, got {id!r}")
+    if "." in id:
+        raise ValueError(
+            f"{kind} id {id!r} contains '.', which separates nested step paths; "
+            "use '-' or '_' instead"
+        )
+    return id
+
+
+class Step(Generic[InputT, OutputT]):
+    """A unit of work with typed input and output. Build one with `create_step`."""
+
+    __slots__ = (
+        "description",
+        "execute",
+        "id",
+        "input_schema",
+        "is_async",
+        "output_schema",
+        "resume_schema",
+        "retries",
+        "suspend_schema",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        execute: Execute,
+        input_schema: Any = None,
+        output_schema: Any = None,
+        resume_schema: Any = None,
+        suspend_schema: Any = None,
+        retries: int | None = None,
+        timeout: float | None = None,
+        description: str | None = None,
+    ) -> None:
+        self.id = check_id("step", id)
+        if not callable(execute):
+            raise TypeError(f"step {id!r}: execute must be a function of the context")
+        if retries is not None and (not isinstance(retries, int) or retries < 0):
+            raise ValueError(f"step {id!r}: retries must be a whole number >= 0, got {retries!r}")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"step {id!r}: timeout must be a number of seconds > 0")
+        self.execute = execute
+        self.is_async = inspect.iscoroutinefunction(execute)
+        self.input_schema = input_schema
+        self.output_schema = output_schema
+        self.resume_schema = resume_schema
+        self.suspend_schema = suspend_schema
+        self.retries = retries
+        self.timeout = timeout
+        self.description = description
+
+    def __repr__(self) -> str:
+        return f"<trioflow.Step {self.id!r}>"
+
+
+def create_step(
+    *,
+    id: str,
+    execute: Execute,
+    input_schema: Any = None,
+    output_schema: Any = None,
+    resume_schema: Any = None,
+    suspend_schema: Any = None,
+    retries: int | None = None,
+    timeout: float | None = None,
+    description: str | None = None,
+) -> Step[Any, Any]:
+    """A step. `execute` is ``async def (ctx) -> output``; a plain ``def`` runs in a
+    worker thread. ``retries=None`` takes the workflow's `RetryConfig`."""
+    return Step(
+        id=id,
+        execute=execute,
+        input_schema=input_schema,
+        output_schema=output_schema,
+        resume_schema=resume_schema,
+        suspend_schema=suspend_schema,
+        retries=retries,
+        timeout=timeout,
+        description=description,
+    )
+
+
+def step(
+    *,
+    id: str,
+    input_schema: Any = None,
+    output_schema: Any = None,
+    resume_schema: Any = None,
+    suspend_schema: Any = None,
+    retries: int | None = None,
+    timeout: float | None = None,
+    description: str | None = None,
+) -> Callable[[Execute], Step[Any, Any]]:
+    """`create_step` as a decorator: the decorated function is `execute`."""
+
+    def decorate(execute: Execute) -> Step[Any, Any]:
+        return create_step(
+            id=id,
+            execute=execute,
+            input_schema=input_schema,
+            output_schema=output_schema,
+            resume_schema=resume_schema,
+            suspend_schema=suspend_schema,
+            retries=retries,
+            timeout=timeout,
+            description=description or inspect.getdoc(execute),
+        )
+
+    return decorate
+
+
+class StepContext(Generic[InputT]):
+    """What a step's `execute` receives."""
+
+    __slots__ = ("_frame", "_in_thread", "abort_signal", "input_data", "resume_data", "retry_count")
+
+    def __init__(
+        self,
+        frame: Frame,
+        input_data: InputT,
+        abort_signal: AbortSignal,
+        resume_data: Any,
+        retry_count: int,
+        in_thread: bool,
+    ) -> None:
+        self._frame = frame
+        self.input_data = input_data
+        self.abort_signal = abort_signal
+        self.resume_data = resume_data
+        self.retry_count = retry_count
+        self._in_thread = in_thread
+
+    @property
+    def run_id(self) -> str:
+        return self._frame.run.run_id
+
+    @property
+    def workflow_id(self) -> str:
+        return self._frame.workflow.id
+
+    @property
+    def state(self) -> Any:
+        return self._frame.state
+
+    def set_state(self, value: Any) -> None:
+        self._frame.set_state(value)
+
+    def get_step_result(self, step: Step[Any, Any] | str) -> Any:
+        """The output of an earlier step of this workflow, or ``None`` if it has none."""
+        return self._frame.get_step_result(step)
+
+    def get_init_data(self) -> Any:
+        """The input this workflow started with."""
+        return self._frame.init_data
+
+    def abort(self, reason: object = None) -> NoReturn:
+        """End the run ``'canceled'``: abort its signal, cancel its scope, and raise."""
+        run = self._frame.run
+        if self._in_thread:
+            trio.from_thread.run_sync(partial(run._request_cancel, reason, cancel_scope=True))
+        else:
+            run._request_cancel(reason, cancel_scope=True)
+        raise AbortError(reason=reason)
+
+    def suspend(self, payload: Any = None) -> NoReturn:
+        """Pause the run here; `Run.resume` runs this step again with ``resume_data``."""
+        raise Suspend(payload)
+
+    def bail(self, result: Any) -> NoReturn:
+        """End the run ``'success'`` now, with `result` as its output."""
+        raise Bail(result)
+
+
+class ConditionContext(Generic[InputT]):
+    """What a condition (`branch`, `dowhile`, `dountil`) or a `map` function receives."""
+
+    __slots__ = ("_frame", "input_data", "iteration_count")
+
+    def __init__(self, frame: Frame, input_data: InputT, iteration_count: int = 0) -> None:
+        self._frame = frame
+        self.input_data = input_data
+        self.iteration_count = iteration_count
+
+    @property
+    def state(self) -> Any:
+        return self._frame.state
+
+    def get_step_result(self, step: Step[Any, Any] | str) -> Any:
+        return self._frame.get_step_result(step)
+
+    def get_init_data(self) -> Any:
+        return self._frame.init_data
+
+
+@overload
+async def call_maybe_async(fn: Callable[[Any], Awaitable[OutputT]], arg: Any) -> OutputT: ...
+@overload
+async def call_maybe_async(fn: Callable[[Any], OutputT], arg: Any) -> OutputT: ...
+async def call_maybe_async(fn: Callable[[Any], Any], arg: Any) -> Any:
+    """Call a condition or map function, sync or async."""
+    value = fn(arg)
+    if inspect.isawaitable(value):
+        return await value
+    return value

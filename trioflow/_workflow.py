@@ -1,0 +1,329 @@
+"""The workflow builder and the frozen graph of nodes it commits.
+
+This module only describes; `_executor` walks the graph.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ._step import Step, check_id
+
+if TYPE_CHECKING:
+    from ._run import Run
+
+
+class RetryConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Retries of failed steps: `attempts` more tries, the n-th after
+    ``min(delay * backoff**(n-1), max_delay)`` seconds of Trio's clock."""
+
+    attempts: int = 0
+    delay: float = 0.0
+    backoff: float = 1.0
+    max_delay: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.attempts < 0 or self.delay < 0 or self.backoff < 1:
+            raise ValueError(
+                "RetryConfig needs attempts >= 0, delay >= 0 and backoff >= 1, "
+                f"got {self.attempts!r}, {self.delay!r}, {self.backoff!r}"
+            )
+
+    def delay_before(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (1 for the first retry)."""
+        delay = self.delay * self.backoff ** (retry - 1)
+        return delay if self.max_delay is None else min(delay, self.max_delay)
+
+
+NO_RETRIES = RetryConfig()
+
+Condition = Callable[[Any], Any]
+
+
+class StepNode:
+    __slots__ = ("step",)
+
+    def __init__(self, step: Step[Any, Any] | Workflow) -> None:
+        self.step = step
+
+
+class ParallelNode:
+    __slots__ = ("steps",)
+
+    def __init__(self, steps: tuple[Step[Any, Any] | Workflow, ...]) -> None:
+        self.steps = steps
+
+
+class BranchNode:
+    __slots__ = ("branches",)
+
+    def __init__(self, branches: tuple[tuple[Condition, Step[Any, Any] | Workflow], ...]) -> None:
+        self.branches = branches
+
+
+class LoopNode:
+    __slots__ = ("condition", "step", "until")
+
+    def __init__(self, step: Step[Any, Any] | Workflow, condition: Condition, until: bool) -> None:
+        self.step = step
+        self.condition = condition
+        self.until = until
+
+
+class ForeachNode:
+    __slots__ = ("concurrency", "step")
+
+    def __init__(self, step: Step[Any, Any] | Workflow, concurrency: int) -> None:
+        self.step = step
+        self.concurrency = concurrency
+
+
+class MapNode:
+    __slots__ = ("fn", "id")
+
+    def __init__(self, id: str, fn: Callable[[Any], Any]) -> None:
+        self.id = id
+        self.fn = fn
+
+
+class SleepNode:
+    """`.sleep()` (``until=False``: seconds) or `.sleep_until()` (a wall-clock time)."""
+
+    __slots__ = ("id", "until", "when")
+
+    def __init__(self, id: str, when: Any, until: bool) -> None:
+        self.id = id
+        self.when = when
+        self.until = until
+
+
+class WaitEventNode:
+    __slots__ = ("name", "step")
+
+    def __init__(self, name: str, step: Step[Any, Any]) -> None:
+        self.name = name
+        self.step = step
+
+
+Node = (
+    StepNode
+    | ParallelNode
+    | BranchNode
+    | LoopNode
+    | ForeachNode
+    | MapNode
+    | SleepNode
+    | WaitEventNode
+)
+
+
+def _check_runnable(what: str, step: object) -> Step[Any, Any] | Workflow:
+    if isinstance(step, Workflow):
+        if not step.committed:
+            raise RuntimeError(
+                f"workflow {step.id!r} is used in {what} before .commit(); commit it first"
+            )
+        return step
+    if isinstance(step, Step):
+        return step
+    raise TypeError(f"{what} takes a step or a committed workflow, got {step!r}")
+
+
+def _check_aware(when: object) -> None:
+    if isinstance(when, dt.datetime) and when.tzinfo is None:
+        raise ValueError(
+            f"sleep_until({when!r}) got a naive datetime; pass a timezone-aware one, "
+            "e.g. datetime.now(timezone.utc) + timedelta(minutes=5)"
+        )
+
+
+class Workflow:
+    """A graph of steps, built with chained calls and frozen by `commit()`.
+
+    A committed workflow runs with `create_run()` and can be a step of another workflow;
+    its step id there is the workflow's id.
+    """
+
+    __slots__ = (
+        "committed",
+        "description",
+        "id",
+        "input_schema",
+        "nodes",
+        "output_schema",
+        "retry_config",
+        "state_schema",
+        "step_ids",
+    )
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        input_schema: Any = None,
+        output_schema: Any = None,
+        state_schema: Any = None,
+        retry_config: RetryConfig | None = None,
+        description: str | None = None,
+    ) -> None:
+        self.id = check_id("workflow", id)
+        self.input_schema = input_schema
+        self.output_schema = output_schema
+        self.state_schema = state_schema
+        self.retry_config = retry_config or NO_RETRIES
+        self.description = description
+        self.nodes: tuple[Node, ...] | list[Node] = []
+        self.committed = False
+        self.step_ids: frozenset[str] = frozenset()
+
+    def __repr__(self) -> str:
+        return f"<trioflow.Workflow {self.id!r}{'' if self.committed else ' (not committed)'}>"
+
+    def _add(self, node: Node) -> Workflow:
+        if self.committed:
+            raise RuntimeError(f"workflow {self.id!r} is committed; build a new one to change it")
+        assert isinstance(self.nodes, list)
+        self.nodes.append(node)
+        return self
+
+    def then(self, step: Step[Any, Any] | Workflow) -> Workflow:
+        """Run `step` on the previous output."""
+        return self._add(StepNode(_check_runnable(".then()", step)))
+
+    def parallel(self, steps: Sequence[Step[Any, Any] | Workflow]) -> Workflow:
+        """Run `steps` at once on the previous output; the output maps step id to output."""
+        if not steps:
+            raise ValueError(".parallel() needs at least one step")
+        return self._add(ParallelNode(tuple(_check_runnable(".parallel()", s) for s in steps)))
+
+    def branch(self, branches: Sequence[tuple[Condition, Step[Any, Any] | Workflow]]) -> Workflow:
+        """Run, at once, the step of every condition that is true; the output maps step
+        id to output (``{}`` when none is true)."""
+        if not branches:
+            raise ValueError(".branch() needs at least one (condition, step) pair")
+        checked = []
+        for pair in branches:
+            if not (isinstance(pair, tuple) and len(pair) == 2 and callable(pair[0])):
+                raise TypeError(f".branch() takes (condition, step) pairs, got {pair!r}")
+            checked.append((pair[0], _check_runnable(".branch()", pair[1])))
+        return self._add(BranchNode(tuple(checked)))
+
+    def dowhile(self, step: Step[Any, Any] | Workflow, condition: Condition) -> Workflow:
+        """Run `step`, then again while `condition` is true."""
+        return self._add(LoopNode(_check_runnable(".dowhile()", step), condition, until=False))
+
+    def dountil(self, step: Step[Any, Any] | Workflow, condition: Condition) -> Workflow:
+        """Run `step`, then again until `condition` is true."""
+        return self._add(LoopNode(_check_runnable(".dountil()", step), condition, until=True))
+
+    def foreach(self, step: Step[Any, Any] | Workflow, concurrency: int = 1) -> Workflow:
+        """Run `step` on each item of the previous output (a list), at most `concurrency`
+        at once; the output is the list of outputs, in input order."""
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(
+                f".foreach() concurrency must be a whole number >= 1, got {concurrency!r}"
+            )
+        return self._add(ForeachNode(_check_runnable(".foreach()", step), concurrency))
+
+    def map(self, fn: Callable[[Any], Any], *, id: str | None = None) -> Workflow:
+        """Reshape data: `fn(ctx)` (sync or async) returns the next input."""
+        if not callable(fn):
+            raise TypeError(f".map() takes a function of the context, got {fn!r}")
+        return self._add(MapNode(check_id("map", id or f"map-{len(self.nodes)}"), fn))
+
+    def sleep(self, seconds: float | Callable[[Any], Any], *, id: str | None = None) -> Workflow:
+        """Wait `seconds` of Trio's clock (or `seconds(ctx)`); the output is the input."""
+        if not callable(seconds) and not (isinstance(seconds, int | float) and seconds >= 0):
+            raise ValueError(f".sleep() takes seconds >= 0 or a function, got {seconds!r}")
+        node_id = check_id("sleep", id or f"sleep-{len(self.nodes)}")
+        return self._add(SleepNode(node_id, seconds, until=False))
+
+    def sleep_until(
+        self, when: dt.datetime | Callable[[Any], Any], *, id: str | None = None
+    ) -> Workflow:
+        """Wait until the timezone-aware `when` (or `when(ctx)`); the output is the input."""
+        if not callable(when) and not isinstance(when, dt.datetime):
+            raise TypeError(f".sleep_until() takes a datetime or a function, got {when!r}")
+        _check_aware(when)
+        node_id = check_id("sleep", id or f"sleep-until-{len(self.nodes)}")
+        return self._add(SleepNode(node_id, when, until=True))
+
+    def wait_for_event(self, name: str, step: Step[Any, Any]) -> Workflow:
+        """Wait for `Run.send_event(name, data)`, then run `step` with the data as
+        ``ctx.resume_data`` (validated by its ``resume_schema``)."""
+        if not isinstance(step, Step):
+            raise TypeError(f".wait_for_event() takes a step, got {step!r}")
+        return self._add(WaitEventNode(name, step))
+
+    def commit(self) -> Workflow:
+        """Freeze the graph. Step ids must be unique within the workflow."""
+        if self.committed:
+            return self
+        if not self.nodes:
+            raise ValueError(f"workflow {self.id!r} has no steps; add one with .then(step)")
+        seen: set[str] = set()
+        for node in self.nodes:
+            for node_id in node_ids(node):
+                if node_id in seen:
+                    raise ValueError(
+                        f"workflow {self.id!r} uses the step id {node_id!r} twice; "
+                        "give each use its own step (create_step with another id)"
+                    )
+                seen.add(node_id)
+        self.nodes = tuple(self.nodes)
+        self.step_ids = frozenset(seen)
+        self.committed = True
+        return self
+
+    async def create_run(self, run_id: str | None = None) -> Run:
+        """A new in-memory run of this workflow (its id a UUID4 string unless given)."""
+        from ._run import Run
+
+        if not self.committed:
+            raise RuntimeError(f"workflow {self.id!r} is not committed; call .commit() first")
+        import trio
+
+        await trio.lowlevel.checkpoint()
+        return Run(self, run_id)
+
+
+def node_steps(node: Node) -> list[Step[Any, Any] | Workflow]:
+    """The steps and nested workflows a node runs."""
+    if isinstance(node, ParallelNode):
+        return list(node.steps)
+    if isinstance(node, BranchNode):
+        return [s for _, s in node.branches]
+    if isinstance(node, MapNode | SleepNode):
+        return []
+    return [node.step]
+
+
+def node_ids(node: Node) -> list[str]:
+    """The step ids a node records results under."""
+    if isinstance(node, MapNode | SleepNode):
+        return [node.id]
+    return [s.id for s in node_steps(node)]
+
+
+def create_workflow(
+    *,
+    id: str,
+    input_schema: Any = None,
+    output_schema: Any = None,
+    state_schema: Any = None,
+    retry_config: RetryConfig | None = None,
+    description: str | None = None,
+) -> Workflow:
+    """A new workflow; chain `.then()` and the rest, then `.commit()`."""
+    return Workflow(
+        id=id,
+        input_schema=input_schema,
+        output_schema=output_schema,
+        state_schema=state_schema,
+        retry_config=retry_config,
+        description=description,
+    )
