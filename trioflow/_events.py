@@ -153,8 +153,12 @@ class _WatchContext:
         self._send, self._receive = trio.open_memory_channel[WorkflowEvent](math.inf)
 
     async def __aenter__(self) -> EventStream:
-        await trio.lowlevel.checkpoint()
         self._watchers._channels.append(self._send)
+        try:
+            await trio.lowlevel.checkpoint()
+        except BaseException:
+            self._watchers._channels.remove(self._send)
+            raise
         return EventStream(self._receive)
 
     async def __aexit__(

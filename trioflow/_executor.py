@@ -193,15 +193,41 @@ async def run_step(
 
     In a loop (`loop=True`) an earlier iteration's ``'success'`` is not a replay.
     """
+    started, extra = begin_step(frame, step, value, key, loop=loop, resume_data=resume_data)
+    if not started:
+        return extra
+    return await finish_step(frame, step, value, key, extra)
+
+
+def begin_step(
+    frame: Frame,
+    step: Step[Any, Any] | Workflow,
+    value: Any,
+    key: Key,
+    *,
+    loop: bool = False,
+    resume_data: Any = None,
+) -> tuple[bool, Any]:
+    """The synchronous start of a step: ``(False, output)`` when its recorded output is
+    replayed, else ``(True, resume_data)`` once it is recorded running."""
     run = frame.run
     path = frame.prefix + step.id
     record = _replayed(run, path, loop=loop)
     if record is not None:
         if record.status == "success" and not loop:
-            return record.output
+            return False, record.output
         if record.status == "suspended":
             resume_data = record.resume_payload
     _begin(run, path, value, key)
+    return True, resume_data
+
+
+async def finish_step(
+    frame: Frame, step: Step[Any, Any] | Workflow, value: Any, key: Key, resume_data: Any
+) -> Any:
+    """Execute a step that `begin_step` started, and record how it ended."""
+    run = frame.run
+    path = frame.prefix + step.id
     if type(step) is Workflow:
         return await _run_nested(frame, step, path, value, key)
     assert type(step) is Step
@@ -323,10 +349,10 @@ async def _run_parallel(
     outcomes: list[Any] = [None] * len(steps)
     failed = False
 
-    async def branch(index: int, step: Step[Any, Any] | Workflow) -> None:
+    async def branch(index: int, step: Step[Any, Any] | Workflow, resume_data: Any) -> None:
         nonlocal failed
         try:
-            outcomes[index] = await run_step(frame, step, value, (*key, index))
+            outcomes[index] = await finish_step(frame, step, value, (*key, index), resume_data)
         except Outcome as exc:
             outcomes[index] = exc
             if isinstance(exc, FailRun | StopRun) and not failed:
@@ -334,8 +360,18 @@ async def _run_parallel(
                 nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
+        # Branches begin here, in declaration order, so their records and start events
+        # do not depend on the order in which Trio first schedules their tasks.
         for index, step in enumerate(steps):
-            nursery.start_soon(branch, index, step)
+            try:
+                started, extra = begin_step(frame, step, value, (*key, index))
+            except Outcome as exc:
+                outcomes[index] = exc
+                continue
+            if started:
+                nursery.start_soon(branch, index, step, extra)
+            else:
+                outcomes[index] = extra
     if failed:
         frame.run._cancel_in_flight(key)
     return _gather(steps, outcomes)
@@ -542,17 +578,17 @@ async def _run_wait_for_event(frame: Frame, node: WaitEventNode, value: Any, key
     record = _replayed(run, path)
     if record is not None and record.status == "success":
         return record.output
-    data = run._progress.get(path, _NO_EVENT)  # an event taken before a crash
-    if data is _NO_EVENT:
+    data = run._progress.get(path, NO_EVENT)  # an event taken before a crash
+    if data is NO_EVENT:
         data = run._take_event(node.name)
-    if data is _NO_EVENT:
+    if data is NO_EVENT:
         data = await _wait_step(run, path, value, key, run._wait_event, node.name)
         del run._in_flight[path]
     run._progress[path] = data
     return await run_step(frame, node.step, value, key, resume_data=data)
 
 
-_NO_EVENT: Any = object()
+NO_EVENT: Any = object()
 
 
 def sort_paths(in_flight: dict[str, tuple[float, ...]], prefix_key: Key) -> list[str]:

@@ -22,6 +22,7 @@ from ._abort import AbortController
 from ._clock import wall_time
 from ._errors import RunStateError, ValidationError
 from ._executor import (
+    NO_EVENT,
     BailRun,
     FailRun,
     Frame,
@@ -39,7 +40,6 @@ from ._workflow import WaitEventNode, Workflow, node_steps
 _current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
     "trioflow_current_run", default=None
 )
-_NO_EVENT: Any = object()
 
 
 class Run:
@@ -116,8 +116,8 @@ class Run:
 
         A run canceled before it started returns its ``'canceled'`` result.
         """
+        await trio.lowlevel.checkpoint()
         if self._status == "canceled":
-            await trio.lowlevel.checkpoint()
             return self.result_nowait()
         if self._status != "pending" or self._executing:
             raise RunStateError(
@@ -354,7 +354,7 @@ class Run:
     def _take_event(self, name: str) -> Any:
         queue = self._pending_events.get(name)
         if not queue:
-            return _NO_EVENT
+            return NO_EVENT
         data = queue.popleft()
         if not queue:
             del self._pending_events[name]
@@ -363,7 +363,7 @@ class Run:
     async def _wait_event(self, name: str) -> Any:
         while True:
             data = self._take_event(name)
-            if data is not _NO_EVENT:
+            if data is not NO_EVENT:
                 return data
             if self._event_arrived is None:
                 self._event_arrived = trio.Event()
