@@ -3,6 +3,8 @@
 from ._abort import AbortController as AbortController
 from ._abort import AbortEvent as AbortEvent
 from ._abort import AbortSignal as AbortSignal
+from ._engine import Engine as Engine
+from ._engine import open_engine as open_engine
 from ._errors import AbortError as AbortError
 from ._errors import RunNotFoundError as RunNotFoundError
 from ._errors import RunStateError as RunStateError
@@ -35,6 +37,10 @@ from ._util import fixup_module_metadata as _fixup_module_metadata
 from ._workflow import RetryConfig as RetryConfig
 from ._workflow import Workflow as Workflow
 from ._workflow import create_workflow as create_workflow
+from .storage import MemoryStorage as MemoryStorage
+from .storage import RunSummary as RunSummary
+from .storage import SQLiteStorage as SQLiteStorage
+from .storage import Storage as Storage
 
 __version__ = "0.1.0"
 
@@ -45,18 +51,23 @@ __all__ = [
     "AbortSignal",
     "CancelResult",
     "ConditionContext",
+    "Engine",
     "EventStream",
+    "MemoryStorage",
     "RetryConfig",
     "Run",
     "RunNotFoundError",
     "RunResult",
     "RunStateError",
+    "RunSummary",
+    "SQLiteStorage",
     "SnapshotError",
     "Step",
     "StepContext",
     "StepFailedError",
     "StepResult",
     "StepTimeoutError",
+    "Storage",
     "StorageError",
     "TrioflowError",
     "ValidationError",
@@ -72,6 +83,7 @@ __all__ = [
     "WorkflowStepWaiting",
     "create_step",
     "create_workflow",
+    "open_engine",
     "step",
 ]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
@@ -152,7 +152,19 @@ def _replayed(run: Run, path: str, *, loop: bool = False) -> StepResult | None:
 
 
 def _begin(run: Run, path: str, value: Any, key: Key) -> None:
-    run._steps[path] = StepResult(status="running", payload=value, started_at=wall_time())
+    previous = run._steps.get(path)
+    if previous is not None and previous.status == "suspended":
+        # A resumed step keeps what it suspended with and what it was resumed with.
+        record = StepResult(
+            status="running",
+            payload=value,
+            started_at=wall_time(),
+            suspend_payload=previous.suspend_payload,
+            resume_payload=previous.resume_payload,
+        )
+    else:
+        record = StepResult(status="running", payload=value, started_at=wall_time())
+    run._steps[path] = record
     run._in_flight[path] = (*key, _AFTER_CHILDREN)
     if run._watchers:
         run._watchers.emit(ev.WorkflowStepStart(run_id=run.run_id, step_id=path, payload=value))
@@ -161,8 +173,16 @@ def _begin(run: Run, path: str, value: Any, key: Key) -> None:
 def _end(run: Run, path: str, status: str, **fields: Any) -> None:
     """Record a step's outcome: it is no longer in flight."""
     del run._in_flight[path]
-    started = run._steps[path].started_at
-    run._steps[path] = StepResult(status=status, started_at=started, ended_at=wall_time(), **fields)  # type: ignore[arg-type]
+    current = run._steps[path]
+    if current.resume_payload is not None and status != "suspended":
+        fields.setdefault("resume_payload", current.resume_payload)
+        fields.setdefault("suspend_payload", current.suspend_payload)
+    run._steps[path] = StepResult(
+        status=status,  # type: ignore[arg-type]
+        started_at=current.started_at,
+        ended_at=wall_time(),
+        **fields,
+    )
     if run._watchers:
         if status == "suspended":
             event: ev.WorkflowEvent = ev.WorkflowStepSuspended(
@@ -254,7 +274,16 @@ async def finish_step(
         _end(run, path, "failed", error=exc, payload=value)
         raise FailRun(exc, path) from None
     _end(run, path, "success", output=output, payload=value)
+    await persist(run)
     return output
+
+
+async def persist(run: Run) -> None:
+    """Store the run's state now, if it is durable: after each completed step, so a
+    recovered run never runs a completed step again. (Failures, suspensions and the end
+    are stored by the run's finalizer.)"""
+    if run._engine is not None:
+        await run._engine._save(run, release=False)
 
 
 async def call_step(
@@ -263,7 +292,8 @@ async def call_step(
     """Execute `step` with its retries and timeout: its validated output, or the
     exception of the last attempt. Records nothing."""
     run = frame.run
-    value = convert(value, step.input_schema, step_id=path, what="input")
+    if step.input_schema is not None:  # a step pays for no schema it does not have
+        value = convert(value, step.input_schema, step_id=path, what="input")
     retries = step.retries if step.retries is not None else frame.workflow.retry_config.attempts
     attempt = 0
     while True:
@@ -278,6 +308,8 @@ async def call_step(
                     output = await trio.to_thread.run_sync(step.execute, ctx)
             else:
                 output = await _call_with_timeout(frame, step, path, value, resume_data, attempt)
+            if step.output_schema is None:
+                return output
             return convert(output, step.output_schema, step_id=path, what="output")
         except (Suspend, Bail, AbortError):
             raise
@@ -287,7 +319,11 @@ async def call_step(
         attempt += 1
         delay = frame.workflow.retry_config.delay_before(attempt)
         if delay > 0:
-            await trio.sleep(delay)
+            run._enter_waiting()  # a back-off is a wait (SPEC §3.5): the run is 'waiting'
+            try:
+                await trio.sleep(delay)
+            finally:
+                run._leave_waiting()
         else:
             await trio.lowlevel.checkpoint()
 
@@ -300,7 +336,8 @@ async def _call_with_timeout(
     assert step.timeout is not None
     own = AbortController()
     signal = AbortSignal.any([frame.run._signal, own.signal])
-    ctx = StepContext(frame, value, signal, resume_data, attempt, not step.is_async)
+    ctx = _TimedStepContext(frame, value, signal, resume_data, attempt, not step.is_async)
+    ctx._timed_out = own.signal
     error = StepTimeoutError(path, step.timeout)
     timer = AbortSignal.timeout(step.timeout)
     with trio.CancelScope() as scope:
@@ -322,6 +359,22 @@ async def _call_with_timeout(
     return output
 
 
+class _TimedStepContext(StepContext[Any]):
+    """The context of a step with a timeout. Once the timeout has fired, ``ctx.abort()``
+    (the usual answer to an aborted signal) raises the `StepTimeoutError`: the step
+    fails, and the run is not canceled."""
+
+    __slots__ = ("_timed_out",)
+    _timed_out: AbortSignal
+
+    def abort(self, reason: object = None) -> NoReturn:
+        if self._timed_out.aborted and not self._frame.run.cancel_requested:
+            error = self._timed_out.reason
+            assert isinstance(error, StepTimeoutError)
+            raise error
+        super().abort(reason)
+
+
 async def _run_nested(frame: Frame, workflow: Workflow, path: str, value: Any, key: Key) -> Any:
     run = frame.run
     child = Frame(run, workflow, path + ".", value)
@@ -336,6 +389,7 @@ async def _run_nested(frame: Frame, workflow: Workflow, path: str, value: Any, k
         _end(run, path, "failed", error=exc.error, payload=value)
         raise FailRun(exc.error, path) from None
     _end(run, path, "success", output=output, payload=value)
+    await persist(run)
     return output
 
 
@@ -395,7 +449,9 @@ async def _run_branch(frame: Frame, node: BranchNode, value: Any, key: Key) -> d
     for condition, step in node.branches:
         record = frame.run._steps.get(frame.prefix + step.id)
         # On a replay a branch that ran before is taken again, whatever its condition says now.
-        if record is not None or await call_maybe_async(condition, ConditionContext(frame, value)):
+        if record is not None or await _call_condition(
+            condition, ConditionContext(frame, value), frame.prefix + step.id
+        ):
             chosen.append(step)
     if not chosen:
         return {}
@@ -412,10 +468,31 @@ async def _run_loop(frame: Frame, node: LoopNode, value: Any, key: Key) -> Any:
     while not done:
         value = await run_step(frame, node.step, value, key, loop=True)
         iteration += 1
-        verdict = await call_maybe_async(node.condition, ConditionContext(frame, value, iteration))
+        verdict = await _call_condition(
+            node.condition, ConditionContext(frame, value, iteration), path
+        )
         done = bool(verdict) if node.until else not verdict
         run._progress[path] = (iteration, value, done)
+        if not done and type(node.step) is Workflow:
+            _forget_nested(run, path + ".")  # the next iteration runs every child step again
+        await persist(run)
     return value
+
+
+def _forget_nested(run: Run, prefix: str) -> None:
+    """Drop the records and progress of the steps under `prefix` (a finished iteration
+    of a nested workflow), so that the next iteration does not replay them."""
+    for table in (run._steps, run._progress):
+        for stale in [path for path in table if path.startswith(prefix)]:
+            del table[stale]
+
+
+async def _call_condition(fn: Callable[[Any], Any], ctx: ConditionContext[Any], path: str) -> Any:
+    """A condition's verdict; an exception in it fails the run (naming `path`)."""
+    try:
+        return await call_maybe_async(fn, ctx)
+    except Exception as exc:
+        raise FailRun(exc, path) from None
 
 
 async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) -> list[Any]:
@@ -432,7 +509,9 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
             f"foreach step {path!r} needs a list as input, got {type(items).__name__}"
         )
         raise FailRun(error, path)
-    done: dict[int, Any] = run._progress.setdefault(path, {})
+    # Outputs of finished items by index (keys come back as strings from a snapshot).
+    done = {int(i): output for i, output in run._progress.get(path, {}).items()}
+    run._progress[path] = done
     _begin(run, path, items, key)
     slots = trio.Semaphore(node.concurrency)
     failure: list[BaseException] = []
@@ -465,6 +544,7 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
                         total=len(items),
                     )
                 )
+            await persist(run)
         finally:
             slots.release()
 
@@ -485,6 +565,7 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
         raise StopRun
     outputs = [done[index] for index in range(len(items))]
     _end(run, path, "success", output=outputs, payload=items)
+    await persist(run)
     return outputs
 
 
@@ -514,6 +595,7 @@ async def _run_map(frame: Frame, node: MapNode, value: Any, key: Key) -> Any:
         _end(run, path, "failed", error=exc, payload=value)
         raise FailRun(exc, path) from None
     _end(run, path, "success", output=output, payload=value)
+    await persist(run)
     return output
 
 
@@ -532,7 +614,7 @@ async def _run_sleep(frame: Frame, node: SleepNode, value: Any, key: Key) -> Any
             try:
                 when = await call_maybe_async(when, ConditionContext(frame, value))
                 deadline = _wall_deadline(path, when, node.until)
-            except (TypeError, ValueError) as exc:
+            except Exception as exc:  # the function failed or gave no valid time
                 raise FailRun(exc, path) from None
         else:
             deadline = _wall_deadline(path, when, node.until)
@@ -542,6 +624,7 @@ async def _run_sleep(frame: Frame, node: SleepNode, value: Any, key: Key) -> Any
         wait = deadline - wall_time()
     await _wait_step(run, path, value, key, trio.sleep, max(0.0, wait))
     _end(run, path, "success", output=value, payload=value)
+    await persist(run)
     return value
 
 
@@ -567,6 +650,7 @@ async def _wait_step(
         run._watchers.emit(ev.WorkflowStepWaiting(run_id=run.run_id, step_id=path))
     run._enter_waiting()
     try:
+        await persist(run)
         return await wait(arg)
     finally:
         run._leave_waiting()
@@ -585,6 +669,7 @@ async def _run_wait_for_event(frame: Frame, node: WaitEventNode, value: Any, key
         data = await _wait_step(run, path, value, key, run._wait_event, node.name)
         del run._in_flight[path]
     run._progress[path] = data
+    await persist(run)
     return await run_step(frame, node.step, value, key, resume_data=data)
 
 

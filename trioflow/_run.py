@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextvars
 import uuid
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
 
 from . import _events as ev
+from . import _snapshot
 from ._abort import AbortController
 from ._clock import wall_time
 from ._errors import RunStateError, ValidationError
@@ -37,6 +38,9 @@ from ._schema import convert
 from ._step import Step
 from ._workflow import WaitEventNode, Workflow, node_steps
 
+if TYPE_CHECKING:
+    from ._engine import Engine
+
 _current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
     "trioflow_current_run", default=None
 )
@@ -48,15 +52,18 @@ class Run:
     __slots__ = (
         "_controller",
         "_done",
+        "_engine",
         "_error",
         "_event_arrived",
         "_executing",
         "_in_flight",
         "_input",
+        "_lost",
         "_pending_events",
         "_progress",
         "_result",
         "_resuming",
+        "_save_lock",
         "_scope",
         "_states",
         "_status",
@@ -91,6 +98,9 @@ class Run:
         self._pending_events: dict[str, deque[Any]] = {}
         self._event_arrived: trio.Event | None = None
         self._watchers = ev.Watchers()
+        self._engine: Engine | None = None
+        self._lost = False  # another process ended or took this run: write nothing more
+        self._save_lock: trio.Lock | None = None
 
     def __repr__(self) -> str:
         return f"<trioflow.Run {self.run_id!r} of {self.workflow.id!r}: {self._status}>"
@@ -117,8 +127,47 @@ class Run:
         A run canceled before it started returns its ``'canceled'`` result.
         """
         await trio.lowlevel.checkpoint()
+        if await self._prepare_start(input_data, initial_state):
+            return await self._execute()
+        return self.result_nowait()
+
+    async def start_soon(self, input_data: Any = None, *, initial_state: Any = None) -> None:
+        """Start a durable run in its engine's nursery and return at once; wait for it
+        with `result()`."""
+        engine = self._engine
+        if engine is None:
+            raise RuntimeError(
+                "start_soon() needs a durable run: create it with engine.create_run() "
+                "inside open_engine(), or await run.start() instead"
+            )
+        await trio.lowlevel.checkpoint()
+        if await self._prepare_start(input_data, initial_state):
+            self._executing = True
+            self._done = trio.Event()
+            engine._start_soon(self)
+
+    async def result(self) -> RunResult:
+        """The result once the run stops executing (ended or suspended), wherever it
+        executes. Cancelling this wait does not cancel the run."""
+        while self._executing:
+            assert self._done is not None
+            await self._done.wait()
+        if self._engine is not None and self._status in ("pending", "running", "waiting"):
+            await self._engine._wait_stored(self)
+        else:
+            await trio.lowlevel.checkpoint()
+        return self.result_nowait()
+
+    async def _prepare_start(self, input_data: Any, initial_state: Any) -> bool:
+        """Check that the run may start and take it; False for a canceled run."""
+        if self._engine is not None and not self._executing:
+            self._load(
+                _snapshot.decode(
+                    self.run_id, (await self._engine.storage.load(self.run_id)).snapshot
+                )
+            )
         if self._status == "canceled":
-            return self.result_nowait()
+            return False
         if self._status != "pending" or self._executing:
             raise RunStateError(
                 self.run_id,
@@ -126,11 +175,15 @@ class Run:
                 f"run {self.run_id!r} was already started (it is {self._status!r}); "
                 "resume it with run.resume() or start a new run with workflow.create_run()",
             )
+        if self._engine is not None and not await self._engine._claim(self, ("pending",)):
+            raise RunStateError(
+                self.run_id, self._status, f"run {self.run_id!r} was started by another process"
+            )
         self._input = input_data
         state_schema = self.workflow.state_schema
         if initial_state is not None or state_schema is not None:
             self._states[""] = _initial_state(self.workflow, initial_state)
-        return await self._execute()
+        return True
 
     async def resume(
         self,
@@ -141,12 +194,22 @@ class Run:
         again with `resume_data` as ``ctx.resume_data``, validated by its resume schema.
         """
         await trio.lowlevel.checkpoint()
+        engine = self._engine
+        if engine is not None and not self._executing:
+            row = await engine.storage.load(self.run_id)
+            self._load(_snapshot.decode(self.run_id, row.snapshot))
         if self._status != "suspended" or self._executing:
             raise RunStateError(self.run_id, self._status, self._not_resumable())
         path = self._suspended_path(step)
         target = _find_step(self.workflow, path.split("."))
         schema = target.resume_schema if isinstance(target, Step) else None
         data = convert(resume_data, schema, step_id=path, what="resume data")
+        if engine is not None and not await engine._claim(self, ("suspended",)):
+            raise RunStateError(
+                self.run_id,
+                self._status,
+                f"run {self.run_id!r} is being resumed by another process",
+            )
         record = self._steps[path]
         self._steps[path] = msgspec.structs.replace(record, resume_payload=data)
         self._resuming = path
@@ -159,6 +222,8 @@ class Run:
         """Cancel the run (SPEC §3). Returns once nothing of the run is executing, except
         when called from inside the run itself, which only requests the cancellation."""
         await trio.lowlevel.checkpoint()
+        if self._engine is not None and not self._executing:
+            return _cancel_result(await self._engine._cancel_elsewhere(self, reason))
         if self._status in TERMINAL and not self._executing:
             return _cancel_result(self._status)
         first = self._request_cancel(reason, cancel_scope=False)
@@ -221,7 +286,8 @@ class Run:
 
     async def _execute(self) -> RunResult:
         self._executing = True
-        self._done = trio.Event()
+        if self._done is None or self._done.is_set():
+            self._done = trio.Event()
         self._scope = scope = trio.CancelScope()
         self._status = "running"
         self._suspended = []
@@ -230,8 +296,11 @@ class Run:
         outcome: BaseException | None = None
         output: Any = None
         token = _current_run.set(self)
+        engine = self._engine
         try:
             with scope:
+                if engine is not None:
+                    await engine._save(self, release=False)
                 try:
                     output = await execute_workflow(
                         Frame(self, self.workflow, "", self._input), self._input, ()
@@ -245,8 +314,12 @@ class Run:
             self._executing = False
             # An outcome, or our own cancel: record it. Otherwise the cancellation came
             # from outside and the run stays as it was at its last transition.
-            if outcome is not None or self.cancel_requested:
+            if (outcome is not None or self.cancel_requested) and not self._lost:
                 self._finish(outcome)
+                if engine is not None:
+                    await engine._save(self, release=True)
+            if engine is not None:
+                engine._drop_live(self)
             self._done.set()
         return self.result_nowait()
 
@@ -327,6 +400,54 @@ class Run:
                     ev.WorkflowStepResult(run_id=self.run_id, step_id=path, status="canceled")
                 )
 
+    # --- snapshots --------------------------------------------------------------------
+
+    def _to_snapshot(self) -> _snapshot.Snapshot:
+        return _snapshot.Snapshot(
+            run_id=self.run_id,
+            workflow_id=self.workflow.id,
+            status=self._status,
+            input=self._input,
+            result=self._result,
+            error=_snapshot.error_record(self._error),
+            steps={path: _snapshot.step_record(r, path) for path, r in self._steps.items()},
+            progress=self._progress,
+            states=self._states,
+            suspended=self._suspended,
+            pending_events={name: list(q) for name, q in self._pending_events.items()},
+            cancel_requested=self.cancel_requested,
+        )
+
+    def _load(self, snapshot: _snapshot.Snapshot) -> None:
+        """Take the state of a stored snapshot (a run rebuilt in another process, or a
+        refresh before resuming). Outputs are converted back to their schemas' types."""
+        workflow = self.workflow
+        self._status = snapshot.status
+        self._input = snapshot.input
+        self._result = _retype(snapshot.result, workflow.output_schema)
+        self._error = _snapshot.error_from_record(snapshot.error)
+        self._steps = {
+            path: _snapshot.step_result(record, _retype_output(workflow, path, record.output))
+            for path, record in snapshot.steps.items()
+        }
+        self._progress = dict(snapshot.progress)
+        self._states = {
+            prefix: _retype(state, workflow.state_schema) if prefix == "" else state
+            for prefix, state in snapshot.states.items()
+        }
+        self._suspended = list(snapshot.suspended)
+        self._pending_events = {n: deque(q) for n, q in snapshot.pending_events.items()}
+        self.cancel_requested = snapshot.cancel_requested
+
+    @classmethod
+    def _from_snapshot(
+        cls, workflow: Workflow, snapshot: _snapshot.Snapshot, engine: Engine
+    ) -> Run:
+        run = cls(workflow, snapshot.run_id)
+        run._engine = engine
+        run._load(snapshot)
+        return run
+
     # --- helpers of the executor --------------------------------------------------------
 
     def _is_resuming(self, path: str) -> bool:
@@ -399,6 +520,29 @@ class Run:
                 f"(suspended: {leaves}); pass one of those paths as step="
             )
         return matches[0]
+
+
+def _retype(value: Any, schema: Any) -> Any:
+    """`value` decoded from JSON, back as `schema`'s type where it fits."""
+    if schema is None or value is None:
+        return value
+    try:
+        return convert(value, schema, step_id=None, what="stored value")
+    except ValidationError:
+        return value
+
+
+def _retype_output(workflow: Workflow, path: str, output: Any) -> Any:
+    target = _find_step(workflow, path.split("."))
+    schema = None if target is None else target.output_schema
+    if schema is None or output is None:
+        return output
+    for candidate in (schema, list.__class_getitem__(schema)):  # a foreach keeps a list
+        try:
+            return convert(output, candidate, step_id=path, what="stored output")
+        except ValidationError:
+            continue
+    return output
 
 
 def _cancel_result(status: RunStatus) -> CancelResult:

@@ -242,6 +242,8 @@ async def call_maybe_async(fn: Callable[[Any], OutputT], arg: Any) -> OutputT: .
 async def call_maybe_async(fn: Callable[[Any], Any], arg: Any) -> Any:
     """Call a condition or map function, sync or async."""
     value = fn(arg)
+    if type(value) is bool:  # the usual verdict: never awaitable, skip the slow ABC check
+        return value
     if inspect.isawaitable(value):
         return await value
     return value

@@ -1,0 +1,310 @@
+"""The engine: durable runs in a storage, executed in the caller's nursery.
+
+An engine owns a nursery (the caller opens it with ``async with open_engine(...)``) in
+which it executes runs started with `Run.start_soon` and runs it recovers, and one
+maintenance task that renews the leases of the runs it executes, takes over runs whose
+lease expired, and notices cancel requests written by other processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import trio
+
+from . import _snapshot
+from ._clock import wall_time
+from ._errors import StorageError
+from ._results import RunStatus
+from .storage import RunSummary, Storage
+
+if TYPE_CHECKING:
+    from ._run import Run
+    from ._workflow import Workflow
+
+logger = logging.getLogger("trioflow")
+
+# A snapshot write is cleanup that must survive cancellation, but never hang forever.
+SAVE_TIMEOUT = 30.0
+RECOVER_BATCH = 100
+
+
+class Engine:
+    """Durable runs of `workflows` in `storage`. Get one from `open_engine`."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        workflows: Iterable[Workflow],
+        nursery: trio.Nursery,
+        *,
+        lease_seconds: float,
+        poll_interval: float,
+    ) -> None:
+        self.storage = storage
+        self.workflows: dict[str, Workflow] = {}
+        for workflow in workflows:
+            if not workflow.committed:
+                raise RuntimeError(f"workflow {workflow.id!r} is not committed; call .commit()")
+            self.workflows[workflow.id] = workflow
+        self.owner_id = uuid.uuid4().hex
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self._nursery = nursery
+        self._live: dict[str, Run] = {}
+        self._live_changed = trio.Event()
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"<trioflow.Engine on {self.storage!r}: {len(self._live)} executing>"
+
+    # --- public API -------------------------------------------------------------------
+
+    async def create_run(self, workflow: str | Workflow, run_id: str | None = None) -> Run:
+        """A new durable run of `workflow` (an id or a workflow given to the engine),
+        stored ``'pending'``."""
+        from ._run import Run
+
+        run = Run(self._workflow(workflow), run_id)
+        run._engine = self
+        snapshot = _snapshot.encode(run._to_snapshot())
+        await self.storage.insert(run.run_id, run.workflow.id, "pending", snapshot, wall_time())
+        return run
+
+    async def get_run(self, run_id: str) -> Run:
+        """The run with this id, as stored (the live object if this engine executes it).
+        Raises `RunNotFoundError` for an unknown id."""
+        live = self._live.get(run_id)
+        if live is not None:
+            await trio.lowlevel.checkpoint()
+            return live
+        row = await self.storage.load(run_id)
+        return self._rebuild(row.snapshot, row.workflow_id, run_id)
+
+    async def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunSummary]:
+        """Summaries of the stored runs, newest first: `limit` of them after `offset`."""
+        return await self.storage.list_runs(
+            status=status, workflow_id=workflow_id, limit=limit, offset=offset
+        )
+
+    # --- what runs ask of their engine --------------------------------------------------
+
+    def _workflow(self, workflow: str | Workflow) -> Workflow:
+        workflow_id = workflow if isinstance(workflow, str) else workflow.id
+        try:
+            return self.workflows[workflow_id]
+        except KeyError:
+            raise LookupError(
+                f"this engine does not know workflow {workflow_id!r}; "
+                f"pass it in open_engine(workflows=[...]) (known: {sorted(self.workflows)})"
+            ) from None
+
+    def _rebuild(self, data: bytes, workflow_id: str, run_id: str) -> Run:
+        from ._run import Run
+
+        snapshot = _snapshot.decode(run_id, data)
+        return Run._from_snapshot(self._workflow(workflow_id), snapshot, self)
+
+    async def _claim(self, run: Run, statuses: tuple[str, ...]) -> bool:
+        """Take `run` for this engine if it is in one of `statuses` and nobody else
+        executes it; on success the run's state is refreshed from storage."""
+        now = wall_time()
+        row = await self.storage.claim(
+            run.run_id, self.owner_id, statuses, now, now + self.lease_seconds
+        )
+        if row is None:
+            return False
+        run._load(_snapshot.decode(run.run_id, row.snapshot))
+        self._add_live(run)
+        return True
+
+    def _add_live(self, run: Run) -> None:
+        self._live[run.run_id] = run
+        self._live_changed.set()
+
+    def _drop_live(self, run: Run) -> None:
+        if self._live.get(run.run_id) is run:
+            del self._live[run.run_id]
+            self._live_changed.set()
+
+    def _start_soon(self, run: Run) -> None:
+        self._nursery.start_soon(self._drive, run, name=f"trioflow run {run.run_id}")
+
+    async def _drive(self, run: Run) -> None:
+        try:
+            await run._execute()
+        finally:
+            self._drop_live(run)
+
+    async def _save(self, run: Run, *, release: bool) -> None:
+        """Write the run's snapshot (shielded and bounded: a recorded transition is
+        never lost to a cancellation). A write that loses its compare-and-set means
+        another process ended or took the run: this execution stops without a trace."""
+        if run._lost:
+            return
+        if run._save_lock is None:
+            run._save_lock = trio.Lock()
+        lock = run._save_lock
+        with trio.move_on_after(SAVE_TIMEOUT, shield=True) as scope:
+            async with lock:
+                data = _snapshot.encode(run._to_snapshot())
+                saved = await self.storage.save(
+                    run.run_id, run._status, data, self.owner_id, wall_time(), release=release
+                )
+        if scope.cancelled_caught:
+            raise StorageError(
+                f"saving run {run.run_id!r} took over {SAVE_TIMEOUT:g}s; is the storage locked?"
+            )
+        if not saved:
+            logger.warning(
+                "run %s was ended or taken over by another process; stopping here", run.run_id
+            )
+            run._lost = True
+            if run._scope is not None:
+                run._scope.cancel()
+
+    async def _cancel_elsewhere(self, run: Run, reason: object) -> RunStatus:
+        """Cancel a run this engine does not execute: in storage at once if nobody
+        executes it, else by a request its executor notices; returns once the stored
+        run has ended."""
+        text = None if reason is None else str(reason)
+        status = await self.storage.request_cancel(run.run_id, text, wall_time())
+        while status in ("pending", "running", "waiting", "suspended"):
+            await trio.sleep(self.poll_interval)
+            row = await self.storage.load(run.run_id)
+            status = row.status
+            if row.status in ("running", "waiting") and (
+                row.owner is None or (row.lease_until or 0) < wall_time()
+            ):
+                # Its executor died after the request: cancel it in storage ourselves.
+                status = await self.storage.request_cancel(run.run_id, text, wall_time())
+        row = await self.storage.load(run.run_id)
+        run._load(_snapshot.decode(run.run_id, row.snapshot))
+        return row.status
+
+    async def _wait_stored(self, run: Run) -> None:
+        """Wait until the stored run stops executing (ended or suspended) elsewhere."""
+        while True:
+            row = await self.storage.load(run.run_id)
+            if row.status not in ("pending", "running", "waiting"):
+                run._load(_snapshot.decode(run.run_id, row.snapshot))
+                return
+            await trio.sleep(self.poll_interval)
+
+    # --- maintenance --------------------------------------------------------------------
+
+    async def _maintain(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Renew leases, take over expired runs, and pass on cancel requests."""
+        await self._recover()
+        task_status.started()
+        renew_every = self.lease_seconds / 3
+        recover_every = self.lease_seconds / 2
+        next_renew = trio.current_time() + renew_every
+        next_recover = trio.current_time() + recover_every
+        seen_version: int | None = None
+        while True:
+            await trio.sleep(self.poll_interval)
+            now = trio.current_time()
+            if now >= next_renew:
+                next_renew = now + renew_every
+                if self._live:
+                    until = wall_time() + self.lease_seconds
+                    await self.storage.renew(self.owner_id, list(self._live), until)
+            if now >= next_recover and not self._closing:
+                next_recover = now + recover_every
+                await self._recover()
+            if self._live:
+                version = await self.storage.data_version()
+                if version != seen_version:
+                    seen_version = version
+                    for run_id, reason in await self.storage.cancel_requests(self.owner_id):
+                        run = self._live.get(run_id)
+                        if run is not None:
+                            run._request_cancel(reason, cancel_scope=True)
+
+    async def _recover(self) -> None:
+        """Take over runs of known workflows whose executor's lease expired; each goes
+        on from its last completed step."""
+        now = wall_time()
+        ids = await self.storage.recoverable(list(self.workflows), now, RECOVER_BATCH)
+        for run_id in ids:
+            row = await self.storage.claim(
+                run_id, self.owner_id, ("running", "waiting"), now, now + self.lease_seconds
+            )
+            if row is None:
+                continue  # another engine was faster
+            try:
+                run = self._rebuild(row.snapshot, row.workflow_id, run_id)
+            except Exception:
+                logger.exception("cannot recover run %s; it is left as stored", run_id)
+                continue
+            logger.info("recovering run %s of %s", run_id, row.workflow_id)
+            self._add_live(run)
+            self._start_soon(run)
+
+    async def _wait_idle(self) -> None:
+        while self._live:
+            self._live_changed = trio.Event()
+            await self._live_changed.wait()
+
+
+@asynccontextmanager
+async def open_engine(
+    *,
+    storage: Storage,
+    workflows: Iterable[Workflow],
+    lease_seconds: float = 10.0,
+    poll_interval: float = 0.02,
+) -> AsyncIterator[Engine]:
+    """Open `storage` and an engine of durable runs of `workflows` on it.
+
+    Leaving the block normally waits for the runs this engine executes, as a nursery
+    does; leaving it by an exception or an outside cancellation interrupts them and
+    leaves them recoverable (their leases are dropped so another engine can take them
+    over at once).
+    """
+    if not lease_seconds > 0 or not poll_interval > 0 or math.isinf(lease_seconds):
+        raise ValueError("lease_seconds and poll_interval must be positive numbers of seconds")
+    async with storage:
+        engine: Engine | None = None
+        body_error: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                engine = Engine(
+                    storage,
+                    workflows,
+                    nursery,
+                    lease_seconds=lease_seconds,
+                    poll_interval=poll_interval,
+                )
+                await nursery.start(engine._maintain)
+                try:
+                    yield engine
+                except BaseException as exc:
+                    # Kept out of the nursery's ExceptionGroup and re-raised as it came.
+                    body_error = exc
+                    nursery.cancel_scope.cancel()
+                else:
+                    engine._closing = True
+                    await engine._wait_idle()
+                    nursery.cancel_scope.cancel()
+        finally:
+            if engine is not None:
+                with trio.move_on_after(SAVE_TIMEOUT, shield=True):
+                    await storage.release(engine.owner_id)
+        if body_error is not None:
+            raise body_error

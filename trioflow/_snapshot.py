@@ -1,0 +1,144 @@
+"""The stored form of a run: a versioned msgspec snapshot, never pickle.
+
+A snapshot is the truth of a run; a run rebuilt from it in another process behaves as the
+original would. Records follow msgspec's schema-evolution rules: new fields get defaults,
+field types never change, unknown fields are ignored (a newer trioflow may add some).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ._errors import SnapshotError, StepFailedError
+from ._results import RunStatus, StepResult, StepStatus
+
+SNAPSHOT_VERSION = 1
+
+
+class ErrorRecord(msgspec.Struct, frozen=True, kw_only=True):
+    type: str
+    message: str
+    step_id: str | None = None
+
+
+class StepRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    status: StepStatus
+    output: Any = None
+    payload: Any = None
+    error: ErrorRecord | None = None
+    suspend_payload: Any = None
+    resume_payload: Any = None
+    started_at: float | None = None
+    ended_at: float | None = None
+
+
+class Snapshot(msgspec.Struct, kw_only=True, omit_defaults=True):
+    version: int = SNAPSHOT_VERSION
+    run_id: str
+    workflow_id: str
+    status: RunStatus
+    input: Any = None
+    result: Any = None
+    error: ErrorRecord | None = None
+    steps: dict[str, StepRecord] = {}
+    progress: dict[str, Any] = {}
+    states: dict[str, Any] = {}
+    suspended: list[str] = []
+    pending_events: dict[str, list[Any]] = {}
+    cancel_requested: bool = False
+    cancel_reason: str | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Snapshot)
+
+
+def error_record(error: BaseException | None, step_id: str | None = None) -> ErrorRecord | None:
+    if error is None:
+        return None
+    if isinstance(error, StepFailedError):
+        return ErrorRecord(type=error.type_name, message=str(error), step_id=error.step_id)
+    step_id = getattr(error, "step_id", step_id)
+    return ErrorRecord(type=type(error).__qualname__, message=str(error), step_id=step_id)
+
+
+def error_from_record(record: ErrorRecord | None) -> BaseException | None:
+    if record is None:
+        return None
+    return StepFailedError(record.message, step_id=record.step_id, type_name=record.type)
+
+
+def step_record(result: StepResult, step_id: str) -> StepRecord:
+    return StepRecord(
+        status=result.status,
+        output=result.output,
+        payload=result.payload,
+        error=error_record(result.error, step_id),
+        suspend_payload=result.suspend_payload,
+        resume_payload=result.resume_payload,
+        started_at=result.started_at,
+        ended_at=result.ended_at,
+    )
+
+
+def step_result(record: StepRecord, output: Any) -> StepResult:
+    return StepResult(
+        status=record.status,
+        output=output,
+        payload=record.payload,
+        error=error_from_record(record.error),
+        suspend_payload=record.suspend_payload,
+        resume_payload=record.resume_payload,
+        started_at=record.started_at,
+        ended_at=record.ended_at,
+    )
+
+
+def encode(snapshot: Snapshot) -> bytes:
+    """The snapshot as JSON; data that msgspec cannot encode is a clear error."""
+    try:
+        return _encoder.encode(snapshot)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise SnapshotError(
+            snapshot.run_id,
+            f"it holds data msgspec cannot encode ({exc}); steps of durable runs must "
+            "return msgspec-encodable data (Structs, dicts, lists, str, numbers...)",
+        ) from exc
+
+
+def decode(run_id: str, data: bytes) -> Snapshot:
+    """A stored snapshot; anything unreadable raises `SnapshotError` naming the run."""
+    try:
+        snapshot = _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise SnapshotError(run_id, f"it is corrupt or not a trioflow snapshot ({exc})") from exc
+    if snapshot.version > SNAPSHOT_VERSION:
+        raise SnapshotError(
+            run_id,
+            f"it was written by a newer trioflow (snapshot version {snapshot.version}, "
+            f"this one reads up to {SNAPSHOT_VERSION}); upgrade trioflow",
+        )
+    if snapshot.run_id != run_id:
+        raise SnapshotError(run_id, f"it belongs to run {snapshot.run_id!r}")
+    return snapshot
+
+
+def cancel_idle(snapshot: Snapshot, reason: str | None, now: float) -> Snapshot:
+    """A run that no process executes, canceled: its unfinished steps become
+    ``'canceled'`` (SPEC §3 point 5). Pure: used inside a storage transaction."""
+    steps = {
+        path: msgspec.structs.replace(record, status="canceled", ended_at=now)
+        if record.status in ("running", "waiting", "suspended")
+        else record
+        for path, record in snapshot.steps.items()
+    }
+    return msgspec.structs.replace(
+        snapshot,
+        status="canceled",
+        steps=steps,
+        suspended=[],
+        cancel_requested=True,
+        cancel_reason=reason,
+    )

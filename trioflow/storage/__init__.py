@@ -1,0 +1,9 @@
+"""Where durable runs live: the `Storage` interface and its backends."""
+
+from ._base import RunRow as RunRow
+from ._base import RunSummary as RunSummary
+from ._base import Storage as Storage
+from ._memory import MemoryStorage as MemoryStorage
+from ._sqlite import SQLiteStorage as SQLiteStorage
+
+__all__ = ["MemoryStorage", "RunRow", "RunSummary", "SQLiteStorage", "Storage"]

@@ -1,0 +1,134 @@
+"""The storage interface. A backend stores rows of runs: the snapshot (opaque bytes to
+it, except where a transaction must cancel an idle run), the status, and who executes
+the run under which lease. Every method is one transaction; the compare-and-set ones
+are what keep one terminal transition and one executor per run across processes."""
+
+from __future__ import annotations
+
+import abc
+
+import msgspec
+
+from .._results import RunStatus
+
+TERMINAL_STATUSES = ("success", "failed", "canceled")
+EXECUTING_STATUSES = ("running", "waiting")
+
+
+class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored run, as `Engine.list_runs()` lists it. Times are wall-clock seconds."""
+
+    run_id: str
+    workflow_id: str
+    status: RunStatus
+    created_at: float
+    updated_at: float
+
+
+class RunRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored run with its snapshot and its executor's lease."""
+
+    run_id: str
+    workflow_id: str
+    status: RunStatus
+    snapshot: bytes
+    owner: str | None
+    lease_until: float | None
+    cancel_requested: bool
+    created_at: float
+    updated_at: float
+    cancel_reason: str | None = None
+
+
+class Storage(abc.ABC):
+    """What an engine needs from a backend. Open it with ``async with``, or let
+    `open_engine` do it."""
+
+    async def __aenter__(self) -> Storage:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, create or check the schema."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Close the connection; idempotent."""
+
+    @abc.abstractmethod
+    async def insert(
+        self, run_id: str, workflow_id: str, status: RunStatus, snapshot: bytes, now: float
+    ) -> None:
+        """Store a new run; `ValueError` if the id is taken."""
+
+    @abc.abstractmethod
+    async def load(self, run_id: str) -> RunRow:
+        """The stored run; `RunNotFoundError` if there is none."""
+
+    @abc.abstractmethod
+    async def save(
+        self,
+        run_id: str,
+        status: RunStatus,
+        snapshot: bytes,
+        owner: str,
+        now: float,
+        *,
+        release: bool,
+    ) -> bool:
+        """Write the run if `owner` still holds it and it has not ended; drop the lease
+        when `release`. False if the write lost (someone else ended or holds it)."""
+
+    @abc.abstractmethod
+    async def claim(
+        self,
+        run_id: str,
+        owner: str,
+        statuses: tuple[str, ...],
+        now: float,
+        lease_until: float,
+    ) -> RunRow | None:
+        """Take the run for `owner` if its status is in `statuses` and nobody holds a
+        live lease on it; the row as taken, or None."""
+
+    @abc.abstractmethod
+    async def renew(self, owner: str, run_ids: list[str], lease_until: float) -> None:
+        """Extend the leases `owner` holds on `run_ids` (the runs it still executes)."""
+
+    @abc.abstractmethod
+    async def release(self, owner: str) -> None:
+        """Drop every lease `owner` holds (its runs become recoverable at once)."""
+
+    @abc.abstractmethod
+    async def recoverable(self, workflow_ids: list[str], now: float, limit: int) -> list[str]:
+        """Ids of executing runs of these workflows that nobody holds a live lease on."""
+
+    @abc.abstractmethod
+    async def request_cancel(self, run_id: str, reason: str | None, now: float) -> RunStatus:
+        """Ask for a run's cancellation. A run that no live executor holds is canceled
+        here and now (its snapshot rewritten); one that executes elsewhere is flagged
+        for its executor. The status after the request."""
+
+    @abc.abstractmethod
+    async def cancel_requests(self, owner: str) -> list[tuple[str, str | None]]:
+        """(run id, reason) of the runs `owner` executes that were asked to cancel."""
+
+    @abc.abstractmethod
+    async def data_version(self) -> int:
+        """A number that changes whenever another connection commits a change: a cheap
+        check before looking for cancel requests."""
+
+    @abc.abstractmethod
+    async def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunSummary]:
+        """Stored runs, newest first, paged."""
