@@ -34,10 +34,12 @@ from ._step import StepContext as StepContext
 from ._step import create_step as create_step
 from ._step import step as step
 from ._util import fixup_module_metadata as _fixup_module_metadata
+from ._worker import serve_worker as serve_worker
 from ._workflow import RetryConfig as RetryConfig
 from ._workflow import Workflow as Workflow
 from ._workflow import create_workflow as create_workflow
 from .storage import MemoryStorage as MemoryStorage
+from .storage import PostgresStorage as PostgresStorage
 from .storage import RunSummary as RunSummary
 from .storage import SQLiteStorage as SQLiteStorage
 from .storage import Storage as Storage
@@ -54,6 +56,7 @@ __all__ = [
     "Engine",
     "EventStream",
     "MemoryStorage",
+    "PostgresStorage",
     "RetryConfig",
     "Run",
     "RunNotFoundError",
@@ -84,6 +87,7 @@ __all__ = [
     "create_step",
     "create_workflow",
     "open_engine",
+    "serve_worker",
     "step",
 ]
 

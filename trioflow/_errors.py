@@ -24,12 +24,24 @@ class AbortError(TrioflowError):
 class ValidationError(TrioflowError):
     """Data crossing a step or workflow boundary does not match its schema."""
 
-    def __init__(self, *, step_id: str | None, what: str, detail: str, path: str = "$") -> None:
+    def __init__(
+        self,
+        *,
+        step_id: str | None,
+        what: str,
+        detail: str,
+        path: str = "$",
+        workflow_id: str | None = None,
+    ) -> None:
         self.step_id = step_id
+        self.workflow_id = workflow_id
         self.what = what
         self.detail = detail
         self.path = path
-        where = f"step {step_id!r}" if step_id is not None else "workflow"
+        if step_id is not None:
+            where = f"step {step_id!r}"
+        else:
+            where = "workflow" if workflow_id is None else f"workflow {workflow_id!r}"
         super().__init__(
             f"invalid {what} for {where}: {detail}; pass data that matches the {what} schema"
         )

@@ -126,20 +126,23 @@ class Watchers:
     """The fan-out: each watcher has an unbounded channel, so a slow watcher never
     slows the run; `emit` is synchronous and in order."""
 
-    __slots__ = ("_channels",)
+    __slots__ = ("channels",)
 
     def __init__(self) -> None:
-        self._channels: list[trio.MemorySendChannel[WorkflowEvent]] = []
-
-    def __bool__(self) -> bool:
-        return bool(self._channels)
+        self.channels: list[trio.MemorySendChannel[WorkflowEvent]] = []
 
     def emit(self, event: WorkflowEvent) -> None:
-        for channel in self._channels:
+        for channel in self.channels:
             try:
                 channel.send_nowait(event)
-            except trio.BrokenResourceError:
-                pass  # the watcher left; `_WatchContext.__aexit__` removes it
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the watcher left, or its stream was ended by `end_all`
+
+    def end_all(self) -> None:
+        """End every current watch without a ``workflow-finish``: the execution was
+        interrupted from outside and will not finish here."""
+        for channel in self.channels:
+            channel.close()
 
     def watch(self) -> _WatchContext:
         return _WatchContext(self)
@@ -153,11 +156,11 @@ class _WatchContext:
         self._send, self._receive = trio.open_memory_channel[WorkflowEvent](math.inf)
 
     async def __aenter__(self) -> EventStream:
-        self._watchers._channels.append(self._send)
+        self._watchers.channels.append(self._send)
         try:
             await trio.lowlevel.checkpoint()
         except BaseException:
-            self._watchers._channels.remove(self._send)
+            self._watchers.channels.remove(self._send)
             raise
         return EventStream(self._receive)
 
@@ -167,6 +170,6 @@ class _WatchContext:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._watchers._channels.remove(self._send)
+        self._watchers.channels.remove(self._send)
         self._send.close()
         self._receive.close()

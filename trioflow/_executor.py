@@ -13,6 +13,7 @@ untouched and leaves the interrupted steps in flight for the canceller to record
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -102,13 +103,17 @@ async def execute_workflow(frame: Frame, value: Any, key: Key) -> Any:
     workflow = frame.workflow
     step_id = frame.prefix[:-1] or None
     try:
-        value = convert(value, workflow.input_schema, step_id=step_id, what="input")
+        value = convert(
+            value, workflow.input_schema, step_id=step_id, what="input", workflow_id=workflow.id
+        )
     except ValidationError as exc:
         raise FailRun(exc, step_id) from None
     for index, node in enumerate(workflow.nodes):
         value = await execute_node(frame, node, value, (*key, index))
     try:
-        return convert(value, workflow.output_schema, step_id=step_id, what="output")
+        return convert(
+            value, workflow.output_schema, step_id=step_id, what="output", workflow_id=workflow.id
+        )
     except ValidationError as exc:
         raise FailRun(exc, step_id) from None
 
@@ -166,7 +171,7 @@ def _begin(run: Run, path: str, value: Any, key: Key) -> None:
         record = StepResult(status="running", payload=value, started_at=wall_time())
     run._steps[path] = record
     run._in_flight[path] = (*key, _AFTER_CHILDREN)
-    if run._watchers:
+    if run._watchers.channels:
         run._watchers.emit(ev.WorkflowStepStart(run_id=run.run_id, step_id=path, payload=value))
 
 
@@ -183,7 +188,7 @@ def _end(run: Run, path: str, status: str, **fields: Any) -> None:
         ended_at=wall_time(),
         **fields,
     )
-    if run._watchers:
+    if run._watchers.channels:
         if status == "suspended":
             event: ev.WorkflowEvent = ev.WorkflowStepSuspended(
                 run_id=run.run_id, step_id=path, payload=fields.get("suspend_payload")
@@ -243,16 +248,29 @@ def begin_step(
 
 
 async def finish_step(
-    frame: Frame, step: Step[Any, Any] | Workflow, value: Any, key: Key, resume_data: Any
+    frame: Frame,
+    step: Step[Any, Any] | Workflow,
+    value: Any,
+    key: Key,
+    resume_data: Any,
+    *,
+    persist_after: bool = True,
 ) -> Any:
-    """Execute a step that `begin_step` started, and record how it ended."""
+    """Execute a step that `begin_step` started, and record how it ended. A loop passes
+    ``persist_after=False``: it stores the run once per iteration, with its progress (a
+    recovered loop goes on from its progress, so a write before that would be lost)."""
     run = frame.run
     path = frame.prefix + step.id
     if type(step) is Workflow:
-        return await _run_nested(frame, step, path, value, key)
+        return await _run_nested(frame, step, path, value, key, persist_after)
     assert type(step) is Step
     try:
-        output = await call_step(frame, step, path, value, resume_data)
+        if step.is_async and _is_plain(frame, step):
+            # The common case, without the coroutine layer of retries and timeouts.
+            ctx = StepContext(frame, value, run._signal, resume_data, 0, False)
+            output = await step.execute(ctx)
+        else:
+            output = await call_step(frame, step, path, value, resume_data)
     except Suspend as exc:
         try:
             payload = convert(
@@ -266,15 +284,17 @@ async def finish_step(
     except Bail as exc:
         _end(run, path, "success", output=exc.result, payload=value)
         raise BailRun(exc.result) from None
-    except AbortError:
-        _end(run, path, "canceled", payload=value)
-        run._request_cancel(None, cancel_scope=True)  # an AbortError of the step's own making
-        raise StopRun from None
     except Exception as exc:
+        if isinstance(exc, AbortError) and (run.cancel_requested or exc is run._signal.reason):
+            # ctx.abort(), or the run's own signal raised (throw_if_aborted): canceled.
+            _end(run, path, "canceled", payload=value)
+            run._request_cancel(None, cancel_scope=True)
+            raise StopRun from None
         _end(run, path, "failed", error=exc, payload=value)
         raise FailRun(exc, path) from None
     _end(run, path, "success", output=output, payload=value)
-    await persist(run)
+    if persist_after and run._engine is not None:
+        await persist(run)
     return output
 
 
@@ -284,6 +304,16 @@ async def persist(run: Run) -> None:
     are stored by the run's finalizer.)"""
     if run._engine is not None:
         await run._engine._save(run, release=False)
+
+
+def _is_plain(frame: Frame, step: Step[Any, Any]) -> bool:
+    """No schema, timeout or retries: nothing for `call_step` to do around the call."""
+    return (
+        step.input_schema is None
+        and step.output_schema is None
+        and step.timeout is None
+        and not (step.retries or (step.retries is None and frame.workflow.retry_config.attempts))
+    )
 
 
 async def call_step(
@@ -321,11 +351,15 @@ async def call_step(
         if delay > 0:
             run._enter_waiting()  # a back-off is a wait (SPEC §3.5): the run is 'waiting'
             try:
-                await trio.sleep(delay)
+                # A cancel ends the back-off at once, even one with a grace period.
+                with trio.move_on_after(delay):
+                    await run._signal.wait()
             finally:
                 run._leave_waiting()
         else:
             await trio.lowlevel.checkpoint()
+        if run.cancel_requested:  # a step is never retried once its run is being canceled
+            raise AbortError("the run was canceled before this step could be retried")
 
 
 async def _call_with_timeout(
@@ -375,7 +409,9 @@ class _TimedStepContext(StepContext[Any]):
         super().abort(reason)
 
 
-async def _run_nested(frame: Frame, workflow: Workflow, path: str, value: Any, key: Key) -> Any:
+async def _run_nested(
+    frame: Frame, workflow: Workflow, path: str, value: Any, key: Key, persist_after: bool = True
+) -> Any:
     run = frame.run
     child = Frame(run, workflow, path + ".", value)
     try:
@@ -389,7 +425,8 @@ async def _run_nested(frame: Frame, workflow: Workflow, path: str, value: Any, k
         _end(run, path, "failed", error=exc.error, payload=value)
         raise FailRun(exc.error, path) from None
     _end(run, path, "success", output=output, payload=value)
-    await persist(run)
+    if persist_after:
+        await persist(run)
     return output
 
 
@@ -466,7 +503,8 @@ async def _run_loop(frame: Frame, node: LoopNode, value: Any, key: Key) -> Any:
     if progress is not None:
         iteration, value, done = progress
     while not done:
-        value = await run_step(frame, node.step, value, key, loop=True)
+        _, resume_data = begin_step(frame, node.step, value, key, loop=True)
+        value = await finish_step(frame, node.step, value, key, resume_data, persist_after=False)
         iteration += 1
         verdict = await _call_condition(
             node.condition, ConditionContext(frame, value, iteration), path
@@ -475,7 +513,12 @@ async def _run_loop(frame: Frame, node: LoopNode, value: Any, key: Key) -> Any:
         run._progress[path] = (iteration, value, done)
         if not done and type(node.step) is Workflow:
             _forget_nested(run, path + ".")  # the next iteration runs every child step again
-        await persist(run)
+        if run._engine is not None:
+            await persist(run)
+        else:
+            # A loop of steps that never block would hold the scheduler: let other
+            # tasks (a cancel() among them) in between iterations.
+            await trio.lowlevel.checkpoint()
     return value
 
 
@@ -490,9 +533,12 @@ def _forget_nested(run: Run, prefix: str) -> None:
 async def _call_condition(fn: Callable[[Any], Any], ctx: ConditionContext[Any], path: str) -> Any:
     """A condition's verdict; an exception in it fails the run (naming `path`)."""
     try:
-        return await call_maybe_async(fn, ctx)
+        verdict = fn(ctx)
+        if type(verdict) is not bool and inspect.isawaitable(verdict):
+            verdict = await verdict
     except Exception as exc:
         raise FailRun(exc, path) from None
+    return verdict
 
 
 async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) -> list[Any]:
@@ -525,7 +571,11 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
             else:
                 assert type(step) is Step
                 output = await call_step(frame, step, path, items[index], None)
-        except (FailRun, Suspend, SuspendRun, StopRun) as exc:
+        except (AbortError, StopRun):
+            # ctx.abort() in an item (or its signal's AbortError): the run is canceled,
+            # and the foreach is recorded 'canceled' with it, as finish_step does.
+            run._request_cancel(None, cancel_scope=True)
+        except (FailRun, Suspend, SuspendRun) as exc:
             failure.append(_foreach_error(path, exc))
             nursery.cancel_scope.cancel()
         except Exception as exc:
@@ -533,7 +583,7 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
             nursery.cancel_scope.cancel()
         else:
             done[index] = output
-            if run._watchers:
+            if run._watchers.channels:
                 run._watchers.emit(
                     ev.WorkflowStepProgress(
                         run_id=run.run_id,
@@ -572,11 +622,9 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
 def _foreach_error(path: str, exc: BaseException) -> BaseException:
     if isinstance(exc, FailRun):
         return exc.error
-    if isinstance(exc, Suspend | SuspendRun):
-        return RuntimeError(
-            f"a step of foreach {path!r} suspended; suspend is not supported in foreach"
-        )
-    return AbortError(f"foreach {path!r} was aborted")
+    return RuntimeError(  # a Suspend or SuspendRun
+        f"a step of foreach {path!r} suspended; suspend is not supported in foreach"
+    )
 
 
 # --- data, time and events ---------------------------------------------------------------
@@ -646,7 +694,7 @@ async def _wait_step(
     """Record `path` ``'waiting'`` and the run ``'waiting'`` while ``wait(arg)`` runs."""
     run._steps[path] = StepResult(status="waiting", payload=value, started_at=wall_time())
     run._in_flight[path] = (*key, _AFTER_CHILDREN)
-    if run._watchers:
+    if run._watchers.channels:
         run._watchers.emit(ev.WorkflowStepWaiting(run_id=run.run_id, step_id=path))
     run._enter_waiting()
     try:
@@ -666,8 +714,9 @@ async def _run_wait_for_event(frame: Frame, node: WaitEventNode, value: Any, key
     if data is NO_EVENT:
         data = run._take_event(node.name)
     if data is NO_EVENT:
+        # The waiting step stays in flight (the step's own start keeps its key): a cancel
+        # that comes before the step begins still records it 'canceled'.
         data = await _wait_step(run, path, value, key, run._wait_event, node.name)
-        del run._in_flight[path]
     run._progress[path] = data
     await persist(run)
     return await run_step(frame, node.step, value, key, resume_data=data)

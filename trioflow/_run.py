@@ -36,7 +36,7 @@ from ._executor import (
 from ._results import TERMINAL, CancelResult, RunResult, RunStatus, StepResult
 from ._schema import convert
 from ._step import Step
-from ._workflow import WaitEventNode, Workflow, node_steps
+from ._workflow import ForeachNode, LoopNode, Node, WaitEventNode, Workflow, node_ids, node_steps
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -52,6 +52,7 @@ class Run:
     __slots__ = (
         "_controller",
         "_done",
+        "_encoded",
         "_engine",
         "_error",
         "_event_arrived",
@@ -65,6 +66,7 @@ class Run:
         "_resuming",
         "_save_lock",
         "_scope",
+        "_signal",
         "_states",
         "_status",
         "_steps",
@@ -82,6 +84,7 @@ class Run:
         self.cancel_requested = False
         self._status: RunStatus = "pending"
         self._controller = AbortController()
+        self._signal = self._controller.signal
         self._scope: trio.CancelScope | None = None
         self._done: trio.Event | None = None
         self._executing = False
@@ -101,6 +104,7 @@ class Run:
         self._engine: Engine | None = None
         self._lost = False  # another process ended or took this run: write nothing more
         self._save_lock: trio.Lock | None = None
+        self._encoded: dict[str, tuple[StepResult, msgspec.Raw]] = {}
 
     def __repr__(self) -> str:
         return f"<trioflow.Run {self.run_id!r} of {self.workflow.id!r}: {self._status}>"
@@ -109,10 +113,6 @@ class Run:
     def status(self) -> RunStatus:
         """The live status: pending, running, waiting, suspended, success, failed, canceled."""
         return self._status
-
-    @property
-    def _signal(self) -> Any:
-        return self._controller.signal
 
     @property
     def abort_signal(self) -> Any:
@@ -221,23 +221,32 @@ class Run:
     async def cancel(self, reason: object = None, *, grace_period: float = 0) -> CancelResult:
         """Cancel the run (SPEC §3). Returns once nothing of the run is executing, except
         when called from inside the run itself, which only requests the cancellation."""
-        await trio.lowlevel.checkpoint()
+        # The request is made before this task first yields (cancel_requested is True
+        # from the moment cancel() is called, so no step can start in between), and not
+        # at all if the caller is already cancelled, as Trio's own primitives do.
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self._engine is not None and not self._executing:
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return _cancel_result(await self._engine._cancel_elsewhere(self, reason))
         if self._status in TERMINAL and not self._executing:
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return _cancel_result(self._status)
         first = self._request_cancel(reason, cancel_scope=False)
         if not self._executing:
             if first:
                 self._finish_idle_cancel()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return _cancel_result(self._status)
         scope = self._scope
-        assert scope is not None and self._done is not None
-        if grace_period > 0:
+        assert self._done is not None
+        if scope is None:
+            pass  # start_soon has not begun the execution: it will stop before any step
+        elif grace_period > 0:
             scope.deadline = min(scope.deadline, trio.current_time() + grace_period)
         else:
             scope.cancel()
         if _current_run.get() is self:
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return _cancel_result("canceled")
         await self._done.wait()
         return _cancel_result(self._status)
@@ -289,9 +298,11 @@ class Run:
         if self._done is None or self._done.is_set():
             self._done = trio.Event()
         self._scope = scope = trio.CancelScope()
+        if self.cancel_requested:
+            scope.cancel()
         self._status = "running"
         self._suspended = []
-        if self._watchers:
+        if self._watchers.channels:
             self._watchers.emit(ev.WorkflowStart(run_id=self.run_id, workflow_id=self.workflow.id))
         outcome: BaseException | None = None
         output: Any = None
@@ -314,13 +325,17 @@ class Run:
             self._executing = False
             # An outcome, or our own cancel: record it. Otherwise the cancellation came
             # from outside and the run stays as it was at its last transition.
-            if (outcome is not None or self.cancel_requested) and not self._lost:
-                self._finish(outcome)
+            try:
+                if (outcome is not None or self.cancel_requested) and not self._lost:
+                    self._finish(outcome)
+                    if engine is not None:
+                        await engine._save(self, release=True)
+                else:
+                    self._watchers.end_all()
+            finally:
                 if engine is not None:
-                    await engine._save(self, release=True)
-            if engine is not None:
-                engine._drop_live(self)
-            self._done.set()
+                    engine._drop_live(self)
+                self._done.set()
         return self.result_nowait()
 
     def _finish(self, outcome: BaseException | None) -> None:
@@ -339,7 +354,7 @@ class Run:
             assert isinstance(outcome, BailRun)
             status, self._result = "success", outcome.result
         self._status = status
-        if self._watchers:
+        if self._watchers.channels:
             self._emit_finish(status)
 
     def _emit_finish(self, status: RunStatus) -> None:
@@ -368,7 +383,7 @@ class Run:
                 self._steps[path] = msgspec.structs.replace(record, status="canceled", ended_at=now)
         self._status = "canceled"
         self._suspended = []
-        if self._watchers:
+        if self._watchers.channels:
             self._emit_finish("canceled")
 
     def _request_cancel(self, reason: object, *, cancel_scope: bool) -> bool:
@@ -395,14 +410,16 @@ class Run:
                 started_at=record.started_at,
                 ended_at=now,
             )
-            if self._watchers:
+            if self._watchers.channels:
                 self._watchers.emit(
                     ev.WorkflowStepResult(run_id=self.run_id, step_id=path, status="canceled")
                 )
 
     # --- snapshots --------------------------------------------------------------------
 
-    def _to_snapshot(self) -> _snapshot.Snapshot:
+    def _to_snapshot(self, steps: dict[str, Any] | None = None) -> _snapshot.Snapshot:
+        if steps is None:
+            steps = {path: _snapshot.step_record(r, path) for path, r in self._steps.items()}
         return _snapshot.Snapshot(
             run_id=self.run_id,
             workflow_id=self.workflow.id,
@@ -410,13 +427,30 @@ class Run:
             input=self._input,
             result=self._result,
             error=_snapshot.error_record(self._error),
-            steps={path: _snapshot.step_record(r, path) for path, r in self._steps.items()},
+            steps=steps,
             progress=self._progress,
             states=self._states,
             suspended=self._suspended,
             pending_events={name: list(q) for name, q in self._pending_events.items()},
             cancel_requested=self.cancel_requested,
+            cancel_reason=_reason_text(self) if self.cancel_requested else None,
         )
+
+    def _encode_snapshot(self) -> bytes:
+        """The snapshot as stored. A snapshot is written after every step, so each step
+        record is encoded once and kept (`StepResult` is immutable: a changed record is
+        a new object); re-encoding them all made a step's cost grow with the run."""
+        cache = self._encoded
+        steps: dict[str, Any] = {}
+        for path, result in self._steps.items():
+            hit = cache.get(path)
+            if hit is None or hit[0] is not result:
+                hit = cache[path] = (result, _snapshot.encode_record(self.run_id, path, result))
+            steps[path] = hit[1]
+        if len(cache) > len(steps):
+            for gone in cache.keys() - steps.keys():
+                del cache[gone]
+        return _snapshot.encode(self._to_snapshot(steps))
 
     def _load(self, snapshot: _snapshot.Snapshot) -> None:
         """Take the state of a stored snapshot (a run rebuilt in another process, or a
@@ -427,16 +461,21 @@ class Run:
         self._result = _retype(snapshot.result, workflow.output_schema)
         self._error = _snapshot.error_from_record(snapshot.error)
         self._steps = {
-            path: _snapshot.step_result(record, _retype_output(workflow, path, record.output))
-            for path, record in snapshot.steps.items()
+            path: _retype_record(workflow, path, record) for path, record in snapshot.steps.items()
         }
-        self._progress = dict(snapshot.progress)
+        self._progress = {
+            path: _retype_progress(workflow, path, value)
+            for path, value in snapshot.progress.items()
+        }
         self._states = {
-            prefix: _retype(state, workflow.state_schema) if prefix == "" else state
+            prefix: _retype(state, _state_schema(workflow, prefix))
             for prefix, state in snapshot.states.items()
         }
         self._suspended = list(snapshot.suspended)
-        self._pending_events = {n: deque(q) for n, q in snapshot.pending_events.items()}
+        self._pending_events = {
+            name: deque(_retype(data, _event_schema(workflow, name)) for data in queue)
+            for name, queue in snapshot.pending_events.items()
+        }
         self.cancel_requested = snapshot.cancel_requested
 
     @classmethod
@@ -543,6 +582,70 @@ def _retype_output(workflow: Workflow, path: str, output: Any) -> Any:
         except ValidationError:
             continue
     return output
+
+
+def _retype_record(workflow: Workflow, path: str, record: _snapshot.StepRecord) -> StepResult:
+    """A stored step record with its output, suspend and resume payloads typed back."""
+    result = _snapshot.step_result(record, _retype_output(workflow, path, record.output))
+    target = _find_step(workflow, path.split("."))
+    if not isinstance(target, Step) or (
+        record.suspend_payload is None and record.resume_payload is None
+    ):
+        return result
+    return msgspec.structs.replace(
+        result,
+        suspend_payload=_retype(record.suspend_payload, target.suspend_schema),
+        resume_payload=_retype(record.resume_payload, target.resume_schema),
+    )
+
+
+def _retype_progress(workflow: Workflow, path: str, value: Any) -> Any:
+    """Stored progress typed back: a loop's last output, a foreach's finished outputs,
+    an event's data, so that a recovered run hands its steps what the original did."""
+    node = _find_node(workflow, path.split("."))
+    if isinstance(node, LoopNode) and isinstance(value, list | tuple) and len(value) == 3:
+        iteration, output, done = value
+        return (iteration, _retype(output, node.step.output_schema), done)
+    if isinstance(node, ForeachNode) and isinstance(value, dict):
+        return {index: _retype(out, node.step.output_schema) for index, out in value.items()}
+    if isinstance(node, WaitEventNode):
+        return _retype(value, node.step.resume_schema)
+    return value
+
+
+def _state_schema(workflow: Workflow, prefix: str) -> Any:
+    """The state schema of the workflow whose state is kept under `prefix`."""
+    if prefix == "":
+        return workflow.state_schema
+    nested = _find_step(workflow, prefix[:-1].split("."))
+    return nested.state_schema if isinstance(nested, Workflow) else None
+
+
+def _event_schema(workflow: Workflow, name: str) -> Any:
+    node = _find_event_node(workflow, name)
+    return None if node is None else node.step.resume_schema
+
+
+def _find_node(workflow: Workflow, parts: list[str]) -> Node | None:
+    """The node that records under a dotted path of ids."""
+    head, rest = parts[0], parts[1:]
+    for node in workflow.nodes:
+        if head not in node_ids(node):
+            continue
+        if not rest:
+            return node
+        for candidate in node_steps(node):
+            if candidate.id == head and isinstance(candidate, Workflow):
+                if rest[0].isdigit():  # a foreach item of a nested workflow
+                    rest = rest[1:]
+                return _find_node(candidate, rest) if rest else None
+    return None
+
+
+def _reason_text(run: Run) -> str | None:
+    """Why the run was canceled, as stored (``trioflow runs show`` prints it)."""
+    reason = run._controller.signal.reason
+    return None if reason is None else str(reason)
 
 
 def _cancel_result(status: RunStatus) -> CancelResult:

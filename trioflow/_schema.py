@@ -12,7 +12,9 @@ from ._errors import ValidationError
 _PATH = re.compile(r" - at `(?P<path>[^`]*)`$")
 
 
-def convert(value: Any, schema: Any, *, step_id: str | None, what: str) -> Any:
+def convert(
+    value: Any, schema: Any, *, step_id: str | None, what: str, workflow_id: str | None = None
+) -> Any:
     """`value` as an instance of `schema` (``None``: no schema, passed through).
 
     Structs convert from dicts (and from Structs by attribute), so a step may return a
@@ -29,7 +31,11 @@ def convert(value: Any, schema: Any, *, step_id: str | None, what: str) -> Any:
         path = match.group("path") if match else "$"
         detail = message[: match.start()] if match else message
         raise ValidationError(
-            step_id=step_id, what=what, detail=f"{detail} at `{path}`", path=path
+            step_id=step_id,
+            what=what,
+            detail=f"{detail} at `{path}`",
+            path=path,
+            workflow_id=workflow_id,
         ) from exc
 
 

@@ -83,6 +83,12 @@ def step_record(result: StepResult, step_id: str) -> StepRecord:
     )
 
 
+def encode_record(run_id: str, step_id: str, result: StepResult) -> msgspec.Raw:
+    """One step's record, encoded: a `Snapshot` whose ``steps`` hold these encodes the
+    same JSON as one holding the records."""
+    return msgspec.Raw(_encode(run_id, step_record(result, step_id)))
+
+
 def step_result(record: StepRecord, output: Any) -> StepResult:
     return StepResult(
         status=record.status,
@@ -98,11 +104,15 @@ def step_result(record: StepRecord, output: Any) -> StepResult:
 
 def encode(snapshot: Snapshot) -> bytes:
     """The snapshot as JSON; data that msgspec cannot encode is a clear error."""
+    return _encode(snapshot.run_id, snapshot)
+
+
+def _encode(run_id: str, value: Any) -> bytes:
     try:
-        return _encoder.encode(snapshot)
+        return _encoder.encode(value)
     except (TypeError, msgspec.EncodeError) as exc:
         raise SnapshotError(
-            snapshot.run_id,
+            run_id,
             f"it holds data msgspec cannot encode ({exc}); steps of durable runs must "
             "return msgspec-encodable data (Structs, dicts, lists, str, numbers...)",
         ) from exc

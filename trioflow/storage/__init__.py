@@ -4,6 +4,14 @@ from ._base import RunRow as RunRow
 from ._base import RunSummary as RunSummary
 from ._base import Storage as Storage
 from ._memory import MemoryStorage as MemoryStorage
+from ._postgres import PostgresStorage as PostgresStorage
 from ._sqlite import SQLiteStorage as SQLiteStorage
 
-__all__ = ["MemoryStorage", "RunRow", "RunSummary", "SQLiteStorage", "Storage"]
+__all__ = [
+    "MemoryStorage",
+    "PostgresStorage",
+    "RunRow",
+    "RunSummary",
+    "SQLiteStorage",
+    "Storage",
+]

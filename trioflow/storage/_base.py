@@ -6,6 +6,7 @@ are what keep one terminal transition and one executor per run across processes.
 from __future__ import annotations
 
 import abc
+from typing import ClassVar
 
 import msgspec
 
@@ -38,11 +39,16 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     updated_at: float
     cancel_reason: str | None = None
+    queued: bool = False
 
 
 class Storage(abc.ABC):
     """What an engine needs from a backend. Open it with ``async with``, or let
     `open_engine` do it."""
+
+    #: True for backends that push cancel requests: the engine then waits in
+    #: `wait_cancel_requests` instead of polling `data_version`.
+    notifies_cancels: ClassVar[bool] = False
 
     async def __aenter__(self) -> Storage:
         await self.open()
@@ -61,9 +67,17 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def insert(
-        self, run_id: str, workflow_id: str, status: RunStatus, snapshot: bytes, now: float
+        self,
+        run_id: str,
+        workflow_id: str,
+        status: RunStatus,
+        snapshot: bytes,
+        now: float,
+        *,
+        queued: bool = False,
     ) -> None:
-        """Store a new run; `ValueError` if the id is taken."""
+        """Store a new run; `ValueError` if the id is taken. A `queued` run (status
+        ``'pending'``) waits for a worker to take it with `claim_queued`."""
 
     @abc.abstractmethod
     async def load(self, run_id: str) -> RunRow:
@@ -94,6 +108,19 @@ class Storage(abc.ABC):
     ) -> RunRow | None:
         """Take the run for `owner` if its status is in `statuses` and nobody holds a
         live lease on it; the row as taken, or None."""
+
+    @abc.abstractmethod
+    async def claim_queued(
+        self,
+        owner: str,
+        workflow_ids: list[str],
+        limit: int,
+        now: float,
+        lease_until: float,
+    ) -> list[RunRow]:
+        """Take for `owner` up to `limit` queued ``'pending'`` runs of these workflows
+        that nobody holds a live lease on, oldest first, each in one transaction with
+        the other takers (no run is taken twice); the rows as taken."""
 
     @abc.abstractmethod
     async def renew(self, owner: str, run_ids: list[str], lease_until: float) -> None:
@@ -132,3 +159,10 @@ class Storage(abc.ABC):
         offset: int = 0,
     ) -> list[RunSummary]:
         """Stored runs, newest first, paged."""
+
+    async def wait_cancel_requests(self) -> None:
+        """Backends that push cancel requests (`notifies_cancels`): return when one may
+        have been written for any run, and every so often anyway (a backstop for lost
+        notifications); the engine then calls `cancel_requests`. Others do not
+        implement it: the engine polls `data_version`."""
+        raise NotImplementedError(f"{type(self).__name__} does not notify cancel requests")

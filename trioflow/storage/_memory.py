@@ -38,7 +38,14 @@ class MemoryStorage(Storage):
         self._version += 1
 
     async def insert(
-        self, run_id: str, workflow_id: str, status: RunStatus, snapshot: bytes, now: float
+        self,
+        run_id: str,
+        workflow_id: str,
+        status: RunStatus,
+        snapshot: bytes,
+        now: float,
+        *,
+        queued: bool = False,
     ) -> None:
         await trio.lowlevel.checkpoint()
         if run_id in self._rows:
@@ -54,6 +61,7 @@ class MemoryStorage(Storage):
                 cancel_requested=False,
                 created_at=now,
                 updated_at=now,
+                queued=queued,
             )
         )
 
@@ -103,6 +111,27 @@ class MemoryStorage(Storage):
         row = _replace(row, owner=owner, lease_until=lease_until)
         self._put(row)
         return row
+
+    async def claim_queued(
+        self,
+        owner: str,
+        workflow_ids: list[str],
+        limit: int,
+        now: float,
+        lease_until: float,
+    ) -> list[RunRow]:
+        await trio.lowlevel.checkpoint()
+        taken: list[RunRow] = []
+        for row in list(self._rows.values()):  # insertion order: oldest first
+            if len(taken) >= limit:
+                break
+            held = row.owner is not None and row.lease_until is not None and row.lease_until >= now
+            if row.queued and row.status == "pending" and row.workflow_id in workflow_ids:
+                if not held:
+                    row = _replace(row, owner=owner, lease_until=lease_until)
+                    self._put(row)
+                    taken.append(row)
+        return taken
 
     async def renew(self, owner: str, run_ids: list[str], lease_until: float) -> None:
         await trio.lowlevel.checkpoint()

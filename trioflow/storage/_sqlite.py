@@ -25,7 +25,7 @@ from ._base import TERMINAL_STATUSES, RunRow, RunSummary, Storage
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the queued column
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trioflow_runs (
     run_id TEXT PRIMARY KEY,
@@ -36,17 +36,20 @@ CREATE TABLE IF NOT EXISTS trioflow_runs (
     lease_until REAL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     cancel_reason TEXT,
+    queued INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS trioflow_runs_status ON trioflow_runs (status, workflow_id);
 CREATE INDEX IF NOT EXISTS trioflow_runs_owner ON trioflow_runs (owner);
 CREATE INDEX IF NOT EXISTS trioflow_runs_created ON trioflow_runs (created_at);
+CREATE INDEX IF NOT EXISTS trioflow_runs_queue ON trioflow_runs (created_at)
+    WHERE status = 'pending' AND queued = 1;
 """
 _NOT_ENDED = "status NOT IN ('success', 'failed', 'canceled')"
 _COLUMNS = (
     "run_id, workflow_id, status, snapshot, owner, lease_until, cancel_requested, "
-    "created_at, updated_at, cancel_reason"
+    "created_at, updated_at, cancel_reason, queued"
 )
 
 
@@ -62,6 +65,7 @@ def _row(values: Any) -> RunRow:
         created_at=values[7],
         updated_at=values[8],
         cancel_reason=values[9],
+        queued=bool(values[10]),
     )
 
 
@@ -71,14 +75,20 @@ class SQLiteStorage(Storage):
     ``synchronous="NORMAL"`` (the default, with WAL) survives a crash of the process at
     any point; a power loss may lose the last transactions. ``"FULL"`` survives that
     too, at the price of an fsync per transaction. Give each engine its own instance:
-    `data_version` only sees commits of other connections.
+    `data_version` only sees commits of other connections. `timeout` is how many seconds
+    a call waits for a lock another connection holds before it raises `StorageError`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL", timeout: float = 5.0
+    ) -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
+        if not timeout >= 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         self.path = os.fspath(path)
         self._synchronous = synchronous.upper()
+        self._timeout = timeout
         self._conn: sqlite3.Connection | None = None
         self._limiter = trio.CapacityLimiter(1)
 
@@ -109,7 +119,10 @@ class SQLiteStorage(Storage):
         def connect() -> sqlite3.Connection:
             try:
                 conn = sqlite3.connect(
-                    self.path, timeout=5.0, isolation_level=None, check_same_thread=False
+                    self.path,
+                    timeout=self._timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
                 )
             except sqlite3.Error as exc:
                 raise _storage_error(self.path, exc) from exc
@@ -123,6 +136,10 @@ class SQLiteStorage(Storage):
                     raise StorageError(
                         f"{self.path} was written by a newer trioflow (schema version "
                         f"{version}, this one knows up to {SCHEMA_VERSION}); upgrade trioflow"
+                    )
+                if version == 1:
+                    conn.execute(
+                        "ALTER TABLE trioflow_runs ADD COLUMN queued INTEGER NOT NULL DEFAULT 0"
                     )
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
@@ -148,14 +165,21 @@ class SQLiteStorage(Storage):
             await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
 
     async def insert(
-        self, run_id: str, workflow_id: str, status: RunStatus, snapshot: bytes, now: float
+        self,
+        run_id: str,
+        workflow_id: str,
+        status: RunStatus,
+        snapshot: bytes,
+        now: float,
+        *,
+        queued: bool = False,
     ) -> None:
         def work(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute(
                     "INSERT INTO trioflow_runs (run_id, workflow_id, status, snapshot, "
-                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (run_id, workflow_id, status, snapshot, now, now),
+                    "queued, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, workflow_id, status, snapshot, queued, now, now),
                 )
             except sqlite3.IntegrityError:
                 raise ValueError(
@@ -215,6 +239,33 @@ class SQLiteStorage(Storage):
                 (owner, lease_until, run_id, *statuses, now),
             ).fetchone()
             return None if values is None else _row(values)
+
+        return await self._call(work)
+
+    async def claim_queued(
+        self,
+        owner: str,
+        workflow_ids: list[str],
+        limit: int,
+        now: float,
+        lease_until: float,
+    ) -> list[RunRow]:
+        if not workflow_ids or limit < 1:
+            await trio.lowlevel.checkpoint()
+            return []
+        marks = ", ".join("?" * len(workflow_ids))
+
+        def work(conn: sqlite3.Connection) -> list[RunRow]:
+            conn.execute("BEGIN IMMEDIATE")  # errors roll back in _call
+            rows = conn.execute(
+                "UPDATE trioflow_runs SET owner = ?, lease_until = ? WHERE run_id IN ("
+                "SELECT run_id FROM trioflow_runs WHERE status = 'pending' AND queued = 1 "
+                f"AND workflow_id IN ({marks}) AND (owner IS NULL OR lease_until < ?) "
+                f"ORDER BY created_at LIMIT ?) RETURNING {_COLUMNS}",
+                (owner, lease_until, *workflow_ids, now, limit),
+            ).fetchall()
+            conn.execute("COMMIT")
+            return sorted((_row(values) for values in rows), key=lambda r: r.created_at)
 
         return await self._call(work)
 

@@ -1,0 +1,1 @@
+"""The implementation of `trioflow.testing`; import the public names from there."""
