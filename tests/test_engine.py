@@ -1201,3 +1201,53 @@ async def test_storage_cancel_requests(new_storage: NewStorage) -> None:
         assert await storage.cancel_requests("A") == []
         with pytest.raises(trioflow.RunNotFoundError):
             await storage.request_cancel("nope", None, 111.0)
+
+
+# -- the snapshot written after each step -------------------------------------------------------
+
+
+class CheckingStorage(trioflow.MemoryStorage):
+    """Checks every snapshot an engine writes against a plain encoding of the live run
+    (the engine keeps encoded step records between writes)."""
+
+    engine: Any = None
+    checked = 0
+
+    async def save(self, run_id: str, status: Any, snapshot: bytes, *args: Any, **kw: Any) -> bool:
+        run = self.engine._live[run_id]
+        assert snapshot == trioflow._snapshot.encode(run._to_snapshot())
+        self.checked += 1
+        return await super().save(run_id, status, snapshot, *args, **kw)
+
+
+async def test_every_snapshot_written_is_the_plain_encoding_of_the_run() -> None:
+    async def bump(ctx: trioflow.StepContext[Any]) -> Any:
+        return {"n": ctx.input_data["n"] + 1}
+
+    async def flaky(ctx: trioflow.StepContext[Any]) -> Any:
+        if ctx.retry_count == 0:
+            raise RuntimeError("once")
+        return ctx.input_data
+
+    inner = (
+        trioflow.create_workflow(id="inner")
+        .then(trioflow.create_step(id="a", execute=bump))
+        .then(trioflow.create_step(id="b", execute=bump))
+        .commit()
+    )
+    wf = (
+        trioflow.create_workflow(id="mixed", retry_config=trioflow.RetryConfig(attempts=1))
+        .dountil(inner, lambda ctx: ctx.input_data["n"] >= 6)  # forgets inner records
+        .parallel([trioflow.create_step(id=f"p{i}", execute=bump) for i in range(3)])
+        .map(lambda ctx: [ctx.input_data["p0"], ctx.input_data["p1"]], id="pair")
+        .foreach(trioflow.create_step(id="each", execute=bump), concurrency=2)
+        .then(trioflow.create_step(id="flaky", execute=flaky))
+        .commit()
+    )
+    storage = CheckingStorage()
+    async with trioflow.open_engine(storage=storage, workflows=[wf]) as eng:
+        storage.engine = eng
+        result = await (await eng.create_run(wf)).start({"n": 0})
+    assert result.status == "success"
+    assert result.result == [{"n": 8}, {"n": 8}]
+    assert storage.checked >= 12

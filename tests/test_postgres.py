@@ -269,6 +269,45 @@ async def test_a_completed_call_is_not_reported_cancelled(postgres_dsn: str) -> 
         assert scope.cancelled_caught
 
 
+async def test_storage_contract(storage: trioflow.Storage) -> None:
+    """The compare-and-set rules every backend keeps (conftest's ``storage`` fixture)."""
+    snapshot = b'{"run_id":"r","workflow_id":"three","status":"pending"}'
+    async with storage:
+        await storage.insert("r", "three", "pending", snapshot, 100.0)
+        with pytest.raises(ValueError, match="already stored"):
+            await storage.insert("r", "three", "pending", snapshot, 100.0)
+        with pytest.raises(trioflow.RunNotFoundError):
+            await storage.load("nope")
+        row = await storage.load("r")
+        assert (row.status, row.owner, row.queued, row.snapshot) == (
+            "pending",
+            None,
+            False,
+            snapshot,
+        )
+        assert not await storage.save("r", "running", snapshot, "a", 101.0, release=False)
+        now = time.time()
+        assert await storage.claim("r", "a", ("pending",), now, now + 60) is not None
+        assert await storage.claim("r", "b", ("pending",), now, now + 60) is None  # held
+        assert await storage.save("r", "running", snapshot, "a", now, release=False)
+        assert not await storage.save("r", "running", snapshot, "b", now, release=False)
+        assert await storage.recoverable(["three"], now, 10) == []
+        assert await storage.recoverable(["three"], now + 120, 10) == ["r"]  # lease expired
+        await storage.renew("a", ["r"], now + 300)
+        assert await storage.recoverable(["three"], now + 120, 10) == []
+        # Held: the cancel is a request for the executor.
+        assert await storage.request_cancel("r", "why", now) == "running"
+        assert await storage.cancel_requests("a") == [("r", "why")]
+        assert await storage.cancel_requests("b") == []
+        await storage.release("a")
+        assert (await storage.load("r")).owner is None
+        # Nobody holds it now: canceled in storage at once, and then it is over.
+        assert await storage.request_cancel("r", "why", now) == "canceled"
+        assert not await storage.save("r", "success", snapshot, "a", now, release=True)
+        assert (await storage.load("r")).status == "canceled"
+        assert [s.run_id for s in await storage.list_runs(status="canceled")] == ["r"]
+
+
 async def test_claim_queued_takes_each_run_once(storage_factory: StorageFactory) -> None:
     async with engine_on(storage_factory) as engine:
         queued = {(await engine.enqueue("three", {"i": i})).run_id for i in range(40)}
@@ -334,6 +373,7 @@ async def test_engine_basics(storage_factory: StorageFactory) -> None:
         assert len({s.run_id for s in page + rest}) == 6
         assert len(await engine.list_runs(status="pending")) == 5
         assert await engine.list_runs(workflow_id="blocker") == []
+        assert isinstance(await engine.storage.data_version(), int)
     async with engine_on(storage_factory) as other:
         same = await other.get_run("first")
         assert same.result_nowait().result == {"x": 1, "pids": [os.getpid()] * 3}

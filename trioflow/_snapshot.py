@@ -83,10 +83,11 @@ def step_record(result: StepResult, step_id: str) -> StepRecord:
     )
 
 
-def encode_record(run_id: str, step_id: str, result: StepResult) -> msgspec.Raw:
-    """One step's record, encoded: a `Snapshot` whose ``steps`` hold these encodes the
-    same JSON as one holding the records."""
-    return msgspec.Raw(_encode(run_id, step_record(result, step_id)))
+def encode_step(run_id: str, path: str, result: StepResult) -> bytes:
+    """One member ``"path":{record}`` of a snapshot's steps object, as JSON: a
+    `Snapshot` whose ``steps`` is ``msgspec.Raw(b"{" + b",".join(members) + b"}")``
+    encodes the same JSON as one holding the records."""
+    return _encoder.encode(path) + b":" + _encode(run_id, step_record(result, path))
 
 
 def step_result(record: StepRecord, output: Any) -> StepResult:

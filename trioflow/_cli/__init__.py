@@ -21,6 +21,7 @@ from ._runs_commands import (
     show_command,
     watch_command,
 )
+from ._worker_command import add_worker_parser
 
 __all__ = ["build_parser", "main"]
 
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often to read the stored run (0.1)",
     )
     watch.set_defaults(handler=watch_command)
+    add_worker_parser(commands, common, EXIT_CODES_HELP)
     return parser
 
 

@@ -91,6 +91,8 @@ class SQLiteStorage(Storage):
         self._timeout = timeout
         self._conn: sqlite3.Connection | None = None
         self._limiter = trio.CapacityLimiter(1)
+        # run id -> (owner, status) this instance last saved while the owner held it.
+        self._saved: dict[str, tuple[str, str]] = {}
 
     def __repr__(self) -> str:
         return f"SQLiteStorage({self.path!r})"
@@ -209,17 +211,40 @@ class SQLiteStorage(Storage):
         *,
         release: bool,
     ) -> bool:
+        # Setting status or owner rewrites their index entries, which costs more than
+        # the snapshot itself. Most saves (one per step) change neither: while `owner`
+        # holds the run nobody else changes its status (a cancel only flags it, and a
+        # takeover changes the owner, which the compare-and-set below catches).
+        unchanged = not release and self._saved.get(run_id) == (owner, status)
+
         def work(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE trioflow_runs SET status = ?, snapshot = ?, updated_at = ?, "
-                "owner = CASE WHEN ? THEN NULL ELSE owner END, "
-                "lease_until = CASE WHEN ? THEN NULL ELSE lease_until END "
-                f"WHERE run_id = ? AND owner = ? AND {_NOT_ENDED}",
-                (status, snapshot, now, release, release, run_id, owner),
-            )
+            if unchanged:
+                cursor = conn.execute(
+                    "UPDATE trioflow_runs SET snapshot = ?, updated_at = ? "
+                    f"WHERE run_id = ? AND owner = ? AND {_NOT_ENDED}",
+                    (snapshot, now, run_id, owner),
+                )
+            elif not release:
+                cursor = conn.execute(
+                    "UPDATE trioflow_runs SET status = ?, snapshot = ?, updated_at = ? "
+                    f"WHERE run_id = ? AND owner = ? AND {_NOT_ENDED}",
+                    (status, snapshot, now, run_id, owner),
+                )
+            else:
+                cursor = conn.execute(
+                    "UPDATE trioflow_runs SET status = ?, snapshot = ?, updated_at = ?, "
+                    "owner = NULL, lease_until = NULL "
+                    f"WHERE run_id = ? AND owner = ? AND {_NOT_ENDED}",
+                    (status, snapshot, now, run_id, owner),
+                )
             return cursor.rowcount == 1
 
-        return await self._call(work)
+        saved = await self._call(work)
+        if saved and not release:
+            self._saved[run_id] = (owner, status)
+        else:
+            self._saved.pop(run_id, None)
+        return saved
 
     async def claim(
         self,
@@ -255,13 +280,20 @@ class SQLiteStorage(Storage):
             return []
         marks = ", ".join("?" * len(workflow_ids))
 
+        takeable = (
+            "SELECT run_id FROM trioflow_runs WHERE status = 'pending' AND queued = 1 "
+            f"AND workflow_id IN ({marks}) AND (owner IS NULL OR lease_until < ?) "
+            "ORDER BY created_at LIMIT ?"
+        )
+
         def work(conn: sqlite3.Connection) -> list[RunRow]:
+            # An idle worker polls: look first, and take the write lock only for work.
+            if not conn.execute(takeable, (*workflow_ids, now, 1)).fetchone():
+                return []
             conn.execute("BEGIN IMMEDIATE")  # errors roll back in _call
             rows = conn.execute(
-                "UPDATE trioflow_runs SET owner = ?, lease_until = ? WHERE run_id IN ("
-                "SELECT run_id FROM trioflow_runs WHERE status = 'pending' AND queued = 1 "
-                f"AND workflow_id IN ({marks}) AND (owner IS NULL OR lease_until < ?) "
-                f"ORDER BY created_at LIMIT ?) RETURNING {_COLUMNS}",
+                "UPDATE trioflow_runs SET owner = ?, lease_until = ? "
+                f"WHERE run_id IN ({takeable}) RETURNING {_COLUMNS}",
                 (owner, lease_until, *workflow_ids, now, limit),
             ).fetchall()
             conn.execute("COMMIT")
@@ -278,6 +310,7 @@ class SQLiteStorage(Storage):
         )
 
     async def release(self, owner: str) -> None:
+        self._saved = {run_id: v for run_id, v in self._saved.items() if v[0] != owner}
         await self._call(
             lambda conn: conn.execute(
                 "UPDATE trioflow_runs SET owner = NULL, lease_until = NULL WHERE owner = ?",
