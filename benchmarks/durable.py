@@ -15,9 +15,9 @@ What is compared (the fairness rules):
   a few per run (the claim, the start, the end). Baseline: the same number of bare
   ``sqlite3`` writes as steps, each ``await trio.to_thread.run_sync(conn.execute, UPDATE
   ...)`` of one row's BLOB under a ``CapacityLimiter(1)`` (what the storage does), on a
-  file in the same folder with the same pragmas, in the same process, the BLOB as large
-  as trioflow's mean snapshot in that workload (measured, not guessed). Target: at most
-  1.5 times the baseline.
+  file in the same folder with the same pragmas, in the same process, the BLOBs of the
+  sizes trioflow's snapshots had in that workload, in the same order (measured, not
+  guessed; see `BareWriter`). Target: at most 1.5 times the baseline.
 * **Cross-process cancel latency.** A second process (this file with ``--serve``) runs
   an engine on the same file and executes runs whose step blocks; this process calls
   ``await run.cancel()`` through its own engine and times it until it returns, which is
@@ -76,38 +76,39 @@ def loop_workflow(iterations: int) -> trioflow.Workflow:
 
 
 class MeasuredStorage(trioflow.SQLiteStorage):
-    """SQLiteStorage that counts its snapshot writes and their bytes (sizing runs only)."""
+    """SQLiteStorage that records the size of each snapshot it writes (sizing runs)."""
 
-    writes = 0
-    written = 0
+    sizes: list[int]
 
     async def save(self, run_id: str, status: Any, snapshot: bytes, *args: Any, **kw: Any) -> bool:
-        self.writes += 1
-        self.written += len(snapshot)
+        self.sizes.append(len(snapshot))
         return await super().save(run_id, status, snapshot, *args, **kw)
 
 
 class BareWriter:
-    """One row whose BLOB is rewritten, as plainly as sqlite3 and Trio allow."""
+    """One row whose BLOB is rewritten, as plainly as sqlite3 and Trio allow, with
+    BLOBs of the sizes trioflow's snapshots had, in the same order. (Different bytes
+    each time, as snapshots are: SQLite skips pages whose bytes did not change; and
+    sizes that change, as a run's snapshot grows: a row that changes size frees and
+    allocates overflow pages, which a fixed-size row does not.)"""
 
-    def __init__(self, path: Path, size: int) -> None:
+    def __init__(self, path: Path, sizes: list[int]) -> None:
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("CREATE TABLE IF NOT EXISTS bare (id TEXT PRIMARY KEY, data BLOB)")
         self.conn.execute("INSERT OR REPLACE INTO bare VALUES ('row', x'00')")
-        # Different bytes each write, as snapshots are: SQLite skips writing pages whose
-        # bytes did not change, so rewriting one BLOB would write (almost) nothing.
-        self.blobs = [os.urandom(size) for _ in range(8)]
+        self.blobs = [os.urandom(size) for size in sizes]
         self.writes = 0
         self.limiter = trio.CapacityLimiter(1)
 
     async def write(self) -> None:
+        blob = self.blobs[self.writes % len(self.blobs)]
         self.writes += 1
         await trio.to_thread.run_sync(
             self.conn.execute,
             "UPDATE bare SET data = ? WHERE id = 'row'",
-            (self.blobs[self.writes % 8],),
+            (blob,),
             limiter=self.limiter,
         )
 
@@ -137,6 +138,7 @@ async def bench_step(
 ) -> dict[str, Any]:
     db = folder / f"{wf.id}.db"
     storage = MeasuredStorage(db)
+    storage.sizes = []
     async with trioflow.open_engine(storage=storage, workflows=[wf]) as engine:
 
         async def durable_run() -> None:
@@ -145,8 +147,9 @@ async def bench_step(
             assert result.status == "success", result
 
         await durable_run()  # sizing run
-        writes, mean_size = storage.writes, storage.written // storage.writes
-        bare = BareWriter(folder / f"{wf.id}-bare.db", mean_size)
+        sizes = storage.sizes[:]
+        writes, mean_size = len(sizes), sum(sizes) // len(sizes)
+        bare = BareWriter(folder / f"{wf.id}-bare.db", sizes)
 
         async def bare_writes() -> None:
             for _ in range(steps):
@@ -161,11 +164,12 @@ async def bench_step(
         "unit": "µs/step",
         "trioflow": t_durable / steps * 1e6,
         "bare": t_bare / steps * 1e6,
-        "target": "≤ 1.5× bare sqlite3",
+        "target": "≤ 1.5x bare sqlite3",
         "max_ratio": 1.5,
         "max_abs": None,
         "notes": [
-            f"baseline: a bare sqlite3 UPDATE of a {mean_size}-byte BLOB from a worker thread",
+            f"baseline: a bare sqlite3 UPDATE of a BLOB from a worker thread, {min(sizes)} to "
+            f"{max(sizes)} bytes like trioflow's snapshots",
             f"trioflow writes {writes} snapshots per run of {steps} steps, "
             f"{mean_size} bytes on average (WAL, synchronous=NORMAL)",
         ],
@@ -175,28 +179,34 @@ async def bench_step(
 # --- cross-process cancel latency -------------------------------------------------------
 
 
-async def blocked(ctx: trioflow.StepContext[Any]) -> None:
-    await trio.sleep_forever()
+def blocking_workflow(entered: Callable[[], Any] = lambda: None) -> trioflow.Workflow:
+    """A step that calls `entered` and blocks until it is canceled."""
 
+    async def blocked(ctx: trioflow.StepContext[Any]) -> None:
+        entered()
+        await trio.sleep_forever()
 
-BLOCKING = (
-    trioflow.create_workflow(id="blocking")
-    .then(trioflow.create_step(id="block", execute=blocked))
-    .commit()
-)
+    step = trioflow.create_step(id="block", execute=blocked)
+    return trioflow.create_workflow(id="blocking").then(step).commit()
 
 
 async def serve(db: str, runs: int) -> None:
     """The executing process: start `runs` runs one after another; print each run's id
     once its step is blocked, and wait until it has been canceled."""
+    entered = trio.Event()
+
+    def enter() -> None:
+        entered.set()
+
+    workflow = blocking_workflow(enter)
     async with trioflow.open_engine(
-        storage=trioflow.SQLiteStorage(db), workflows=[BLOCKING]
+        storage=trioflow.SQLiteStorage(db), workflows=[workflow]
     ) as engine:
         for _ in range(runs):
-            run = await engine.create_run(BLOCKING)
+            entered = trio.Event()
+            run = await engine.create_run(workflow)
             await run.start_soon()
-            while not run._steps:  # the step has started: it is blocked in sleep_forever
-                await trio.sleep(0.001)
+            await entered.wait()
             print(run.run_id, flush=True)
             result = await run.result()
             assert result.status == "canceled", result
@@ -250,7 +260,7 @@ async def cancel_latencies(db: Path, count: int) -> list[float]:
     samples = []
     try:
         async with trioflow.open_engine(
-            storage=trioflow.SQLiteStorage(db), workflows=[BLOCKING]
+            storage=trioflow.SQLiteStorage(db), workflows=[blocking_workflow()]
         ) as engine:
             for _ in range(count):
                 run = await engine.get_run(await lines.next())
@@ -350,7 +360,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         )
         out.append(
             f"{row['workload']:<36} {row['trioflow']:>8.1f} {row['unit']:<8} "
-            f"bare {row['bare']:>7.1f}  {ratio:5.2f}×  {row['target']:<20} "
+            f"bare {row['bare']:>7.1f}  {ratio:5.2f}x  {row['target']:<20} "
             f"{'MISS' if missed else 'PASS'}"
         )
     out.append("notes:")

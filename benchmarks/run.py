@@ -558,6 +558,10 @@ async def main(args: argparse.Namespace) -> list[Row]:
     rows = [await bench_three_steps(args.quick), await bench_loop(args.quick)]
     rows += await bench_in_flight(args.quick)
     rows.append(await bench_latency(args.quick))
+    # Durable runs on SQLite (benchmarks/durable.py): there "bare" is bare sqlite3.
+    import durable
+
+    rows += [Row(**row) for row in await durable.bench(args.quick)]
     return rows
 
 

@@ -54,6 +54,7 @@ POLL = 0.01
 
 class Count(msgspec.Struct, frozen=True):
     n: int
+    until: int = 5
 
 
 class Square(msgspec.Struct, frozen=True):
@@ -105,10 +106,11 @@ def make_workflows(
     @trioflow.step(id="tick", output_schema=Count)
     async def tick(ctx: trioflow.StepContext[Count]) -> Count:
         started("tick")
-        return Count(n=ctx.input_data.n + 1)  # a typed input, after a recovery too
+        count = ctx.input_data  # a typed input, after a recovery too
+        return Count(n=count.n + 1, until=count.until)
 
     loop = trioflow.create_workflow(id="loop", input_schema=Count, output_schema=Count)
-    loop.dountil(tick, lambda ctx: ctx.input_data.n >= 5)
+    loop.dountil(tick, lambda ctx: ctx.input_data.n >= ctx.input_data.until)
 
     @trioflow.step(id="item", output_schema=Square)
     async def item(ctx: trioflow.StepContext[int]) -> Square:

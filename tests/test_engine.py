@@ -1251,3 +1251,27 @@ async def test_every_snapshot_written_is_the_plain_encoding_of_the_run() -> None
     assert result.status == "success"
     assert result.result == [{"n": 8}, {"n": 8}]
     assert storage.checked >= 12
+
+
+async def test_events_reach_a_durable_run_only_where_it_executes(new_storage: NewStorage) -> None:
+    calls: list[Any] = []
+
+    @trioflow.step(id="shipped", resume_schema=Answer)
+    async def shipped(ctx: trioflow.StepContext[Any]) -> bool:
+        calls.append(ctx.resume_data)
+        return bool(ctx.resume_data.ok)
+
+    wf = trioflow.create_workflow(id="events").wait_for_event("go", shipped).commit()
+    async with engine(new_storage, wf) as eng, engine(new_storage, wf) as other:
+        run = await eng.create_run(wf, run_id="r")
+        with pytest.raises(trioflow.RunStateError, match="'r' is not executing in this process"):
+            await run.send_event("go", {"ok": True})  # pending: it would be lost at start
+        await run.start_soon()
+        with trio.fail_after(5):
+            while (await stored(new_storage, "r")).status != "waiting":  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        with pytest.raises(trioflow.RunStateError, match="send its events where it executes"):
+            await (await other.get_run("r")).send_event("go", {"ok": True})
+        await run.send_event("go", {"ok": True})
+        assert (await run.result()).result is True
+    assert calls == [Answer(ok=True)]

@@ -723,12 +723,3 @@ async def _run_wait_for_event(frame: Frame, node: WaitEventNode, value: Any, key
 
 
 NO_EVENT: Any = object()
-
-
-def sort_paths(in_flight: dict[str, tuple[float, ...]], prefix_key: Key) -> list[str]:
-    """The in-flight paths under `prefix_key`, in declaration order (children first)."""
-    n = len(prefix_key)
-    return sorted(
-        (path for path, key in in_flight.items() if key[:n] == prefix_key),
-        key=in_flight.__getitem__,
-    )

@@ -33,11 +33,18 @@ from ._executor import (
     StopRun,
     SuspendRun,
     execute_workflow,
-    sort_paths,
 )
 from ._results import TERMINAL, CancelResult, RunResult, RunStatus, StepResult
 from ._schema import convert
 from ._step import Step
+from ._transitions import (
+    Outcome,
+    cancel_order,
+    cancel_result,
+    final_status,
+    resolve_suspended,
+    suspended_leaves,
+)
 from ._workflow import ForeachNode, LoopNode, Node, WaitEventNode, Workflow, node_ids, node_steps
 
 if TYPE_CHECKING:
@@ -230,16 +237,16 @@ class Run:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._engine is not None and not self._executing:
             await trio.lowlevel.cancel_shielded_checkpoint()
-            return _cancel_result(await self._engine._cancel_elsewhere(self, reason))
+            return cancel_result(await self._engine._cancel_elsewhere(self, reason))
         if self._status in TERMINAL and not self._executing:
             await trio.lowlevel.cancel_shielded_checkpoint()
-            return _cancel_result(self._status)
+            return cancel_result(self._status)
         first = self._request_cancel(reason, cancel_scope=False)
         if not self._executing:
             if first:
                 self._finish_idle_cancel()
             await trio.lowlevel.cancel_shielded_checkpoint()
-            return _cancel_result(self._status)
+            return cancel_result(self._status)
         scope = self._scope
         assert self._done is not None
         if scope is None:
@@ -250,9 +257,9 @@ class Run:
             scope.cancel()
         if _current_run.get() is self:
             await trio.lowlevel.cancel_shielded_checkpoint()
-            return _cancel_result("canceled")
+            return cancel_result("canceled")
         await self._done.wait()
-        return _cancel_result(self._status)
+        return cancel_result(self._status)
 
     def watch(self) -> ev._WatchContext:
         """``async with run.watch() as events: async for event in events: ...`` — the
@@ -270,6 +277,15 @@ class Run:
                 self.run_id,
                 self._status,
                 f"run {self.run_id!r} is {self._status}; it takes no events",
+            )
+        if self._engine is not None and not self._executing:
+            # Events live in the executing process until its next snapshot: one sent to
+            # a durable run that does not execute here would be lost without a word.
+            raise RunStateError(
+                self.run_id,
+                self._status,
+                f"run {self.run_id!r} is not executing in this process; send its events "
+                "where it executes (after start_soon() or during start())",
             )
         node = _find_event_node(self.workflow, name)
         if node is None:
@@ -345,17 +361,22 @@ class Run:
         """The one terminal (or suspended) transition of an execution. A requested
         cancel wins over whatever the step loop reached, so `cancel()`, the result and
         the events always agree."""
-        status: RunStatus
-        if self.cancel_requested:
-            status = "canceled"
+        reached: Outcome | None = None
+        if isinstance(outcome, FailRun):
+            reached = "failed"
+        elif isinstance(outcome, SuspendRun):
+            reached = "suspended"
+        elif isinstance(outcome, BailRun):
+            reached = "success"
+        status = final_status(reached, cancel_requested=self.cancel_requested)
+        if status == "canceled":
             self._cancel_in_flight(())
         elif isinstance(outcome, FailRun):
-            status, self._error = "failed", outcome.error
+            self._error = outcome.error
         elif isinstance(outcome, SuspendRun):
-            status, self._suspended = "suspended", outcome.paths
-        else:
-            assert isinstance(outcome, BailRun)
-            status, self._result = "success", outcome.result
+            self._suspended = outcome.paths
+        elif isinstance(outcome, BailRun):
+            self._result = outcome.result
         self._status = status
         if self._watchers.channels:
             self._emit_finish(status)
@@ -402,7 +423,7 @@ class Run:
     def _cancel_in_flight(self, key: Key, *, keep: str | None = None) -> None:
         """Record the steps in flight under `key` ``'canceled'``, in declaration order."""
         now = wall_time()
-        for path in sort_paths(self._in_flight, key):
+        for path in cancel_order(self._in_flight, key):
             if path == keep:
                 continue
             del self._in_flight[path]
@@ -503,12 +524,7 @@ class Run:
 
     def _suspended_leaves(self, path: str) -> list[str]:
         """The suspended steps at or under `path` that hold no suspended step below."""
-        paths = [
-            p
-            for p, r in self._steps.items()
-            if r.status == "suspended" and (p == path or p.startswith(path + "."))
-        ]
-        return [p for p in paths if not any(q.startswith(p + ".") for q in paths)]
+        return suspended_leaves(((p, r.status) for p, r in self._steps.items()), path)
 
     def _enter_waiting(self) -> None:
         self._waiting += 1
@@ -548,25 +564,13 @@ class Run:
         )
 
     def _suspended_path(self, step: str | Step[Any, Any] | Workflow | list[str] | None) -> str:
-        leaves = self._suspended
-        if step is None:
-            if len(leaves) == 1:
-                return leaves[0]
-            raise ValueError(
-                f"run {self.run_id!r} has {len(leaves)} suspended steps {leaves}; "
-                "name one with step="
-            )
-        if isinstance(step, list | tuple):
+        if step is None or isinstance(step, str):
+            wanted = step
+        elif isinstance(step, list | tuple):
             wanted = ".".join(step)
         else:
-            wanted = step if isinstance(step, str) else step.id
-        matches = [p for p in leaves if p == wanted or p.endswith("." + wanted)]
-        if len(matches) != 1:
-            raise ValueError(
-                f"step {wanted!r} is not a suspended step of run {self.run_id!r} "
-                f"(suspended: {leaves}); pass one of those paths as step="
-            )
-        return matches[0]
+            wanted = step.id
+        return resolve_suspended(self.run_id, self._suspended, wanted)
 
 
 def _retype(value: Any, schema: Any) -> Any:
@@ -654,12 +658,6 @@ def _reason_text(run: Run) -> str | None:
     """Why the run was canceled, as stored (``trioflow runs show`` prints it)."""
     reason = run._controller.signal.reason
     return None if reason is None else str(reason)
-
-
-def _cancel_result(status: RunStatus) -> CancelResult:
-    if status == "canceled":
-        return CancelResult(message="Workflow run canceled", status="canceled")
-    return CancelResult(message=f"Workflow run already {status}", status=status)
 
 
 def _initial_state(workflow: Workflow, initial_state: Any) -> Any:
