@@ -156,8 +156,8 @@ def _replayed(run: Run, path: str, *, loop: bool = False) -> StepResult | None:
     return record
 
 
-def _begin(run: Run, path: str, value: Any, key: Key) -> None:
-    previous = run._steps.get(path)
+def _begin(run: Run, path: str, value: Any, key: Key, previous: StepResult | None = None) -> None:
+    """Record `path` running (`previous`: its record from an earlier execution)."""
     if previous is not None and previous.status == "suspended":
         # A resumed step keeps what it suspended with and what it was resumed with.
         record = StepResult(
@@ -173,6 +173,22 @@ def _begin(run: Run, path: str, value: Any, key: Key) -> None:
     run._in_flight[path] = (*key, _AFTER_CHILDREN)
     if run._watchers.channels:
         run._watchers.emit(ev.WorkflowStepStart(run_id=run.run_id, step_id=path, payload=value))
+
+
+def _succeed(run: Run, path: str, output: Any, value: Any) -> None:
+    """`_end` for the common outcome, without its keyword plumbing (the hot path)."""
+    current = run._steps[path]
+    if current.resume_payload is not None or run._watchers.channels:
+        _end(run, path, "success", output=output, payload=value)
+        return
+    del run._in_flight[path]
+    run._steps[path] = StepResult(
+        status="success",
+        output=output,
+        payload=value,
+        started_at=current.started_at,
+        ended_at=wall_time(),
+    )
 
 
 def _end(run: Run, path: str, status: str, **fields: Any) -> None:
@@ -243,7 +259,7 @@ def begin_step(
             return False, record.output
         if record.status == "suspended":
             resume_data = record.resume_payload
-    _begin(run, path, value, key)
+    _begin(run, path, value, key, record)
     return True, resume_data
 
 
@@ -265,7 +281,9 @@ async def finish_step(
         return await _run_nested(frame, step, path, value, key, persist_after)
     assert type(step) is Step
     try:
-        if step.is_async and _is_plain(frame, step):
+        if step.plain and not (
+            step.retries if step.retries is not None else frame.workflow.retry_config.attempts
+        ):
             # The common case, without the coroutine layer of retries and timeouts.
             ctx = StepContext(frame, value, run._signal, resume_data, 0, False)
             output = await step.execute(ctx)
@@ -292,7 +310,7 @@ async def finish_step(
             raise StopRun from None
         _end(run, path, "failed", error=exc, payload=value)
         raise FailRun(exc, path) from None
-    _end(run, path, "success", output=output, payload=value)
+    _succeed(run, path, output, value)
     if persist_after and run._engine is not None:
         await persist(run)
     return output
@@ -304,16 +322,6 @@ async def persist(run: Run) -> None:
     are stored by the run's finalizer.)"""
     if run._engine is not None:
         await run._engine._save(run, release=False)
-
-
-def _is_plain(frame: Frame, step: Step[Any, Any]) -> bool:
-    """No schema, timeout or retries: nothing for `call_step` to do around the call."""
-    return (
-        step.input_schema is None
-        and step.output_schema is None
-        and step.timeout is None
-        and not (step.retries or (step.retries is None and frame.workflow.retry_config.attempts))
-    )
 
 
 async def call_step(
@@ -502,16 +510,24 @@ async def _run_loop(frame: Frame, node: LoopNode, value: Any, key: Key) -> Any:
     progress = run._progress.get(path)
     if progress is not None:
         iteration, value, done = progress
+    step, condition, until = node.step, node.condition, node.until
+    nested = type(step) is Workflow
     while not done:
-        _, resume_data = begin_step(frame, node.step, value, key, loop=True)
-        value = await finish_step(frame, node.step, value, key, resume_data, persist_after=False)
+        record = _replayed(run, path, loop=True)  # begin_step, inline
+        suspended = record is not None and record.status == "suspended"
+        resume_data = record.resume_payload if suspended else None  # type: ignore[union-attr]
+        _begin(run, path, value, key, record)
+        value = await finish_step(frame, step, value, key, resume_data, persist_after=False)
         iteration += 1
-        verdict = await _call_condition(
-            node.condition, ConditionContext(frame, value, iteration), path
-        )
-        done = bool(verdict) if node.until else not verdict
+        try:  # the condition inline: this is the hot path of long loops
+            verdict = condition(ConditionContext(frame, value, iteration))
+            if type(verdict) is not bool and inspect.isawaitable(verdict):
+                verdict = await verdict
+        except Exception as exc:
+            raise FailRun(exc, path) from None
+        done = bool(verdict) if until else not verdict
         run._progress[path] = (iteration, value, done)
-        if not done and type(node.step) is Workflow:
+        if nested and not done:
             _forget_nested(run, path + ".")  # the next iteration runs every child step again
         if run._engine is not None:
             await persist(run)
@@ -558,7 +574,7 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
     # Outputs of finished items by index (keys come back as strings from a snapshot).
     done = {int(i): output for i, output in run._progress.get(path, {}).items()}
     run._progress[path] = done
-    _begin(run, path, items, key)
+    _begin(run, path, items, key, record)
     slots = trio.Semaphore(node.concurrency)
     failure: list[BaseException] = []
 
@@ -636,7 +652,7 @@ async def _run_map(frame: Frame, node: MapNode, value: Any, key: Key) -> Any:
     record = _replayed(run, path)
     if record is not None and record.status == "success":
         return record.output
-    _begin(run, path, value, key)
+    _begin(run, path, value, key, record)
     try:
         output = await call_maybe_async(node.fn, ConditionContext(frame, value))
     except Exception as exc:

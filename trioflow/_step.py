@@ -56,6 +56,7 @@ class Step(Generic[InputT, OutputT]):
         "input_schema",
         "is_async",
         "output_schema",
+        "plain",
         "resume_schema",
         "retries",
         "suspend_schema",
@@ -91,6 +92,10 @@ class Step(Generic[InputT, OutputT]):
         self.retries = retries
         self.timeout = timeout
         self.description = description
+        # An async step without schemas or a timeout: the executor calls it directly.
+        self.plain = (
+            self.is_async and input_schema is None and output_schema is None and timeout is None
+        )
 
     def __repr__(self) -> str:
         return f"<trioflow.Step {self.id!r}>"
