@@ -162,6 +162,8 @@ async def test_foreach_fails_on_input_that_is_not_a_list() -> None:
     result = await (await workflow.create_run()).start({"not": "a list"})
     assert result.status == "failed"
     assert isinstance(result.error, TypeError)
+    assert result.steps["work"].status == "failed"
+    assert result.steps["work"].error is result.error
     assert log == []
 
 

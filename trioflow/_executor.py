@@ -570,6 +570,8 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
         error = TypeError(
             f"foreach step {path!r} needs a list as input, got {type(items).__name__}"
         )
+        _begin(run, path, items, key, record)
+        _end(run, path, "failed", error=error, payload=items)
         raise FailRun(error, path)
     # Outputs of finished items by index (keys come back as strings from a snapshot).
     done = {int(i): output for i, output in run._progress.get(path, {}).items()}
