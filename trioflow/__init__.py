@@ -24,6 +24,8 @@ from ._events import WorkflowStepResult as WorkflowStepResult
 from ._events import WorkflowStepStart as WorkflowStepStart
 from ._events import WorkflowStepSuspended as WorkflowStepSuspended
 from ._events import WorkflowStepWaiting as WorkflowStepWaiting
+from ._events import decode_event as decode_event
+from ._events import encode_event as encode_event
 from ._results import CancelResult as CancelResult
 from ._results import RunResult as RunResult
 from ._results import StepResult as StepResult
@@ -86,6 +88,8 @@ __all__ = [
     "WorkflowStepWaiting",
     "create_step",
     "create_workflow",
+    "decode_event",
+    "encode_event",
     "open_engine",
     "serve_worker",
     "step",

@@ -90,12 +90,19 @@ WorkflowEvent = (
     | WorkflowFinish
 )
 
-event_decoder: msgspec.json.Decoder[WorkflowEvent] = msgspec.json.Decoder(WorkflowEvent)
+_decoder: msgspec.json.Decoder[WorkflowEvent] = msgspec.json.Decoder(WorkflowEvent)
 
 
 def encode_event(event: WorkflowEvent) -> bytes:
-    """The event as JSON, with its ``type`` tag (outputs encoded as msgspec can)."""
+    """The event as JSON, with its ``type`` tag (outputs encoded as msgspec can, and
+    anything else as its ``str``): what ``trioflow --json`` prints, one per line."""
     return msgspec.json.encode(event, enc_hook=str)
+
+
+def decode_event(data: bytes | str) -> WorkflowEvent:
+    """An event back from `encode_event`'s JSON, as its typed Struct (by its ``type``
+    tag). Outputs come back as plain JSON data."""
+    return _decoder.decode(data)
 
 
 class EventStream:

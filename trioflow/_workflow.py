@@ -157,7 +157,6 @@ class Workflow:
         "output_schema",
         "retry_config",
         "state_schema",
-        "step_ids",
     )
 
     def __init__(
@@ -178,7 +177,6 @@ class Workflow:
         self.description = description
         self.nodes: tuple[Node, ...] | list[Node] = []
         self.committed = False
-        self.step_ids: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:
         return f"<trioflow.Workflow {self.id!r}{'' if self.committed else ' (not committed)'}>"
@@ -275,7 +273,6 @@ class Workflow:
                     )
                 seen.add(node_id)
         self.nodes = tuple(self.nodes)
-        self.step_ids = frozenset(seen)
         self.committed = True
         return self
 
