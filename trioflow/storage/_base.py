@@ -6,7 +6,7 @@ are what keep one terminal transition and one executor per run across processes.
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -40,6 +40,30 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: float
     cancel_reason: str | None = None
     queued: bool = False
+
+
+# The columns of the runs table of the SQL backends, in the order `row_from_sql` reads.
+SQL_COLUMNS = (
+    "run_id, workflow_id, status, snapshot, owner, lease_until, cancel_requested, "
+    "created_at, updated_at, cancel_reason, queued"
+)
+
+
+def row_from_sql(values: Any) -> RunRow:
+    """A `RunRow` from a row of `SQL_COLUMNS` (SQLite and PostgreSQL alike)."""
+    return RunRow(
+        run_id=values[0],
+        workflow_id=values[1],
+        status=values[2],
+        snapshot=bytes(values[3]),
+        owner=values[4],
+        lease_until=values[5],
+        cancel_requested=bool(values[6]),
+        created_at=values[7],
+        updated_at=values[8],
+        cancel_reason=values[9],
+        queued=bool(values[10]),
+    )
 
 
 class Storage(abc.ABC):

@@ -30,7 +30,7 @@ import trio
 from .. import _snapshot
 from .._errors import RunNotFoundError, StorageError
 from .._results import RunStatus
-from ._base import TERMINAL_STATUSES, RunRow, RunSummary, Storage
+from ._base import SQL_COLUMNS, TERMINAL_STATUSES, RunRow, RunSummary, Storage, row_from_sql
 
 if TYPE_CHECKING:
     import psycopg
@@ -66,10 +66,6 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
 }
 _NOT_ENDED = "status NOT IN ('success', 'failed', 'canceled')"
-_COLUMNS = (
-    "run_id, workflow_id, status, snapshot, owner, lease_until, cancel_requested, "
-    "created_at, updated_at, cancel_reason, queued"
-)
 # Deadlocks and serialization failures roll the transaction back: safe to run it again.
 _RETRIES = 3
 # How long a listener waits before trying to reconnect after losing its connection.
@@ -84,22 +80,6 @@ def _psycopg() -> Any:
             "PostgresStorage needs psycopg 3: pip install 'trioflow[postgres]'"
         ) from exc
     return psycopg
-
-
-def _row(values: Any) -> RunRow:
-    return RunRow(
-        run_id=values[0],
-        workflow_id=values[1],
-        status=values[2],
-        snapshot=bytes(values[3]),
-        owner=values[4],
-        lease_until=values[5],
-        cancel_requested=bool(values[6]),
-        created_at=values[7],
-        updated_at=values[8],
-        cancel_reason=values[9],
-        queued=bool(values[10]),
-    )
 
 
 class PostgresStorage(Storage):
@@ -298,11 +278,11 @@ class PostgresStorage(Storage):
     async def load(self, run_id: str) -> RunRow:
         def work(conn: psycopg.Connection[Any]) -> RunRow:
             values = conn.execute(
-                f"SELECT {_COLUMNS} FROM trioflow_runs WHERE run_id = %s", (run_id,)
+                f"SELECT {SQL_COLUMNS} FROM trioflow_runs WHERE run_id = %s", (run_id,)
             ).fetchone()
             if values is None:
                 raise RunNotFoundError(run_id)
-            return _row(values)
+            return row_from_sql(values)
 
         return await self._call(work)
 
@@ -340,10 +320,10 @@ class PostgresStorage(Storage):
             values = conn.execute(
                 "UPDATE trioflow_runs SET owner = %s, lease_until = %s WHERE run_id = %s "
                 "AND status = ANY(%s) AND (owner IS NULL OR lease_until < %s) "
-                f"RETURNING {_COLUMNS}",
+                f"RETURNING {SQL_COLUMNS}",
                 (owner, lease_until, run_id, list(statuses), now),
             ).fetchone()
-            return None if values is None else _row(values)
+            return None if values is None else row_from_sql(values)
 
         return await self._call(work)
 
@@ -365,10 +345,10 @@ class PostgresStorage(Storage):
                 "SELECT run_id FROM trioflow_runs WHERE status = 'pending' AND queued "
                 "AND workflow_id = ANY(%s) AND (owner IS NULL OR lease_until < %s) "
                 "ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) "
-                f"RETURNING {_COLUMNS}",
+                f"RETURNING {SQL_COLUMNS}",
                 (owner, lease_until, workflow_ids, now, limit),
             ).fetchall()
-            return sorted((_row(values) for values in rows), key=lambda r: r.created_at)
+            return sorted((row_from_sql(values) for values in rows), key=lambda r: r.created_at)
 
         return await self._call(work)
 

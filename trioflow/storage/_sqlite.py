@@ -14,14 +14,14 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import trio
 
 from .. import _snapshot
 from .._errors import RunNotFoundError, StorageError
 from .._results import RunStatus
-from ._base import TERMINAL_STATUSES, RunRow, RunSummary, Storage
+from ._base import SQL_COLUMNS, TERMINAL_STATUSES, RunRow, RunSummary, Storage, row_from_sql
 
 T = TypeVar("T")
 
@@ -47,26 +47,6 @@ CREATE INDEX IF NOT EXISTS trioflow_runs_queue ON trioflow_runs (created_at)
     WHERE status = 'pending' AND queued = 1;
 """
 _NOT_ENDED = "status NOT IN ('success', 'failed', 'canceled')"
-_COLUMNS = (
-    "run_id, workflow_id, status, snapshot, owner, lease_until, cancel_requested, "
-    "created_at, updated_at, cancel_reason, queued"
-)
-
-
-def _row(values: Any) -> RunRow:
-    return RunRow(
-        run_id=values[0],
-        workflow_id=values[1],
-        status=values[2],
-        snapshot=bytes(values[3]),
-        owner=values[4],
-        lease_until=values[5],
-        cancel_requested=bool(values[6]),
-        created_at=values[7],
-        updated_at=values[8],
-        cancel_reason=values[9],
-        queued=bool(values[10]),
-    )
 
 
 class SQLiteStorage(Storage):
@@ -193,11 +173,11 @@ class SQLiteStorage(Storage):
     async def load(self, run_id: str) -> RunRow:
         def work(conn: sqlite3.Connection) -> RunRow:
             values = conn.execute(
-                f"SELECT {_COLUMNS} FROM trioflow_runs WHERE run_id = ?", (run_id,)
+                f"SELECT {SQL_COLUMNS} FROM trioflow_runs WHERE run_id = ?", (run_id,)
             ).fetchone()
             if values is None:
                 raise RunNotFoundError(run_id)
-            return _row(values)
+            return row_from_sql(values)
 
         return await self._call(work)
 
@@ -260,10 +240,10 @@ class SQLiteStorage(Storage):
             values = conn.execute(
                 f"UPDATE trioflow_runs SET owner = ?, lease_until = ? WHERE run_id = ? "
                 f"AND status IN ({marks}) AND (owner IS NULL OR lease_until < ?) "
-                f"RETURNING {_COLUMNS}",
+                f"RETURNING {SQL_COLUMNS}",
                 (owner, lease_until, run_id, *statuses, now),
             ).fetchone()
-            return None if values is None else _row(values)
+            return None if values is None else row_from_sql(values)
 
         return await self._call(work)
 
@@ -293,11 +273,11 @@ class SQLiteStorage(Storage):
             conn.execute("BEGIN IMMEDIATE")  # errors roll back in _call
             rows = conn.execute(
                 "UPDATE trioflow_runs SET owner = ?, lease_until = ? "
-                f"WHERE run_id IN ({takeable}) RETURNING {_COLUMNS}",
+                f"WHERE run_id IN ({takeable}) RETURNING {SQL_COLUMNS}",
                 (owner, lease_until, *workflow_ids, now, limit),
             ).fetchall()
             conn.execute("COMMIT")
-            return sorted((_row(values) for values in rows), key=lambda r: r.created_at)
+            return sorted((row_from_sql(values) for values in rows), key=lambda r: r.created_at)
 
         return await self._call(work)
 
