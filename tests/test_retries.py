@@ -297,3 +297,26 @@ async def test_a_step_failing_during_a_cancel_grace_period_is_not_retried(
     assert trio.current_time() == 1
     assert result.status == "canceled"
     assert result.steps["call"].status == "failed"  # it did finish: its real outcome stays
+
+
+async def test_steps_that_end_before_their_timeout_leave_no_timers_behind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from trioflow._abort import _TIMERS
+
+    async def quick(ctx: trioflow.StepContext[Any]) -> int:
+        await trio.sleep(0.001)
+        return int(ctx.input_data) + 1
+
+    step = trioflow.create_step(id="quick", execute=quick, timeout=3600)
+    loop = (
+        trioflow.create_workflow(id="many-timeouts")
+        .dountil(step, lambda ctx: ctx.iteration_count >= 1000)
+        .commit()
+    )
+    result = await (await loop.create_run()).start(0)
+    assert result.status == "success"
+    assert result.result == 1000
+    # 1,000 hour-long timeouts were set and each step ended in time: the timer heap
+    # holds a bounded handful of them, not one per step until the hour is up.
+    assert len(_TIMERS.get().heap) < 70

@@ -380,17 +380,15 @@ class AbortSignal:
                 f"AbortSignal.timeout() needs seconds >= 0, got {seconds!r}; pass 0 or more"
             )
         try:
-            timers = _TIMERS.get()
-        except LookupError:
-            timers = _Timers()
-            _TIMERS.set(timers)
+            now = trio.current_time()
         except RuntimeError:
             raise RuntimeError(
                 "AbortSignal.timeout() must be called inside trio.run: it runs on Trio's clock"
             ) from None
         signal = AbortSignal(_PRIVATE)
         if not math.isinf(seconds):
-            timers.add(trio.current_time() + seconds, seconds, signal)
+            reason = f"signal timed out after {seconds:g} seconds"
+            call_at(now + seconds, lambda: signal._abort(TimeoutError(reason)))
         return signal
 
 
@@ -420,18 +418,36 @@ class AbortController:
 _sequence: Final = itertools.count()
 
 
+class Timer:
+    """A callback due at a deadline of Trio's clock, run by the per-run timer task.
+    `cancel()` drops it (a step that finished before its timeout)."""
+
+    __slots__ = ("callback", "timers")
+
+    def __init__(self, timers: _Timers, callback: Callable[[], object]) -> None:
+        self.timers: _Timers | None = timers
+        self.callback = callback
+
+    def cancel(self) -> None:
+        timers, self.timers = self.timers, None
+        if timers is not None:
+            timers.dropped(self)
+
+
 class _Timers:
     """The per-run timer: one system task sleeping until the earliest deadline."""
 
-    __slots__ = ("heap", "scope", "started")
+    __slots__ = ("heap", "scope", "stale", "started")
 
     def __init__(self) -> None:
-        self.heap: list[tuple[float, int, float, AbortSignal]] = []
+        self.heap: list[tuple[float, int, Timer]] = []
         self.scope: trio.CancelScope | None = None
         self.started = False
+        self.stale = 0  # cancelled timers still in the heap
 
-    def add(self, deadline: float, seconds: float, signal: AbortSignal) -> None:
-        heapq.heappush(self.heap, (deadline, next(_sequence), seconds, signal))
+    def add(self, deadline: float, callback: Callable[[], object]) -> Timer:
+        timer = Timer(self, callback)
+        heapq.heappush(self.heap, (deadline, next(_sequence), timer))
         if not self.started:
             self.started = True
             # A system task: cancelled when the main task ends, so it never keeps the
@@ -439,18 +455,45 @@ class _Timers:
             trio.lowlevel.spawn_system_task(self.serve, name="trioflow.AbortSignal.timeout")
         elif self.scope is not None and deadline < self.scope.deadline:
             self.scope.deadline = deadline
+        return timer
+
+    def dropped(self, timer: Timer) -> None:
+        # Cancelled timers are skipped when they come due; once they are most of the
+        # heap it is rebuilt, so a loop of steps with long timeouts keeps it small.
+        self.stale += 1
+        if self.stale > 32 and self.stale * 2 > len(self.heap):
+            self.heap[:] = [entry for entry in self.heap if entry[2].timers is not None]
+            heapq.heapify(self.heap)
+            self.stale = 0
 
     async def serve(self) -> None:
         heap = self.heap
         while True:
             now = trio.current_time()
             while heap and heap[0][0] <= now:
-                _, _, seconds, signal = heapq.heappop(heap)
-                signal._abort(TimeoutError(f"signal timed out after {seconds:g} seconds"))
+                timer = heapq.heappop(heap)[2]
+                if timer.timers is None:
+                    self.stale -= 1
+                    continue
+                timer.timers = None
+                timer.callback()
             with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
                 self.scope = scope
                 await trio.sleep_forever()
             self.scope = None
+
+
+def call_at(deadline: float, callback: Callable[[], object]) -> Timer:
+    """Run `callback` (synchronously, on the timer task) at `deadline` of Trio's clock,
+    unless the returned `Timer` is cancelled first. Call it inside ``trio.run``."""
+    try:
+        timers = _TIMERS.get()
+    except LookupError:
+        timers = _Timers()
+        _TIMERS.set(timers)
+    except RuntimeError:
+        raise RuntimeError("trioflow's timers run on Trio's clock: call inside trio.run") from None
+    return timers.add(deadline, callback)
 
 
 _TIMERS: Final[trio.lowlevel.RunVar[_Timers]] = trio.lowlevel.RunVar("trioflow_abort_timers")

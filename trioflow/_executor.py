@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import trio
 
 from . import _events as ev
-from ._abort import AbortController, AbortSignal
+from ._abort import AbortController, AbortSignal, call_at
 from ._clock import wall_time
 from ._errors import AbortError, StepTimeoutError, ValidationError
 from ._results import StepResult
@@ -381,21 +381,20 @@ async def _call_with_timeout(
     ctx = _TimedStepContext(frame, value, signal, resume_data, attempt, not step.is_async)
     ctx._timed_out = own.signal
     error = StepTimeoutError(path, step.timeout)
-    timer = AbortSignal.timeout(step.timeout)
     with trio.CancelScope() as scope:
 
         def time_out() -> None:
-            own.abort(error)
-            scope.cancel()
+            own.abort(error)  # listeners clean up first...
+            scope.cancel()  # ...then the step is interrupted
 
-        timer.add_event_listener("abort", time_out)
+        timer = call_at(trio.current_time() + step.timeout, time_out)
         try:
             if step.is_async:
                 output = await step.execute(ctx)
             else:
                 output = await trio.to_thread.run_sync(step.execute, ctx)
         finally:
-            timer.remove_event_listener("abort", time_out)
+            timer.cancel()  # a step that ended in time leaves nothing in the timer heap
     if own.signal.aborted:
         raise error
     return output
