@@ -224,8 +224,12 @@ class Engine:
         text = None if reason is None else str(reason)
         storage = self.storage
         status = await storage.request_cancel(run.run_id, text, wall_time())
+        delay = min(0.002, self.poll_interval)
         while status not in ("success", "failed", "canceled"):
-            await trio.sleep(self.poll_interval)
+            # The executor usually answers within one of its polls: look again soon,
+            # then back off to our own poll interval.
+            await trio.sleep(delay)
+            delay = min(delay * 2, self.poll_interval)
             row = await storage.load(run.run_id)
             status = row.status
             held = row.owner is not None and (row.lease_until or 0) >= wall_time()
