@@ -160,7 +160,15 @@ def step(
 class StepContext(Generic[InputT]):
     """What a step's `execute` receives."""
 
-    __slots__ = ("_frame", "_in_thread", "abort_signal", "input_data", "resume_data", "retry_count")
+    __slots__ = (
+        "_frame",
+        "_in_thread",
+        "_parent_signal",
+        "_signal",
+        "input_data",
+        "resume_data",
+        "retry_count",
+    )
 
     def __init__(
         self,
@@ -173,10 +181,28 @@ class StepContext(Generic[InputT]):
     ) -> None:
         self._frame = frame
         self.input_data = input_data
-        self.abort_signal = abort_signal
         self.resume_data = resume_data
         self.retry_count = retry_count
         self._in_thread = in_thread
+        self._parent_signal = abort_signal
+        # The step's own signal, made on first use (most steps never look at it). A
+        # worker-thread step gets it now: a thread must not register it on the run's.
+        self._signal: AbortSignal | None = abort_signal._derive() if in_thread else None
+
+    @property
+    def abort_signal(self) -> AbortSignal:
+        """This step's signal: aborted with the run's (`Run.cancel`) or, for a step with
+        a timeout, at its deadline. Listeners added to it are dropped when the step
+        ends, so a step that never removes its listener leaves nothing behind."""
+        signal = self._signal
+        if signal is None:
+            signal = self._signal = self._parent_signal._derive()
+        return signal
+
+    def _close(self) -> None:
+        """The step has ended: its signal stops following the run's."""
+        if self._signal is not None:
+            self._signal._release()
 
     @property
     def run_id(self) -> str:
