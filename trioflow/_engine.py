@@ -123,7 +123,7 @@ class Engine:
             await trio.lowlevel.checkpoint()
             return live
         row = await self.storage.load(run_id)
-        return self._rebuild(row.snapshot, row.workflow_id, run_id)
+        return self._rebuild(row)
 
     async def list_runs(
         self,
@@ -150,11 +150,15 @@ class Engine:
                 f"pass it in open_engine(workflows=[...]) (known: {sorted(self.workflows)})"
             ) from None
 
-    def _rebuild(self, data: bytes, workflow_id: str, run_id: str) -> Run:
+    def _rebuild(self, row: RunRow) -> Run:
+        """The run of a stored row, as a handle of this engine."""
         from ._run import Run
 
-        snapshot = _snapshot.decode(run_id, data)
-        return Run._from_snapshot(self._workflow(workflow_id), snapshot, self)
+        run = Run._from_snapshot(
+            self._workflow(row.workflow_id), _snapshot.decode(row.run_id, row.snapshot), self
+        )
+        run._stored_status = row.status
+        return run
 
     async def _claim(self, run: Run, statuses: tuple[str, ...]) -> bool:
         """Take `run` for this engine if it is in one of `statuses` and nobody else
@@ -165,7 +169,7 @@ class Engine:
         )
         if row is None:
             return False
-        run._load(_snapshot.decode(run.run_id, row.snapshot))
+        run._load_row(row)
         self._add_live(run)
         return True
 
@@ -185,25 +189,34 @@ class Engine:
         """Execute `run`: the containment boundary of one run. Whatever escapes its
         execution (an exception group from its nursery included) is that run's fault,
         never the engine's: the other runs and the engine go on."""
-        try:
-            await run._execute()
-        except Exception as exc:
-            await self._contain(run, exc)
-        except BaseExceptionGroup as group:  # errors mixed with our own cancellation
-            errors, rest = group.split(Exception)
-            if errors is not None:
-                await self._contain(run, errors)
-            if rest is not None:
-                raise rest from None
-        else:
-            self._faults.pop(run.run_id, None)
-        finally:
-            self._drop_live(run)
+        again = True
+        while again:
+            again = False
+            try:
+                await run._execute()
+            except Exception as exc:
+                again = await self._contain(run, exc)
+            except BaseExceptionGroup as group:  # errors mixed with our own cancellation
+                errors, rest = group.split(Exception)
+                if errors is not None:
+                    await self._contain(run, errors)
+                if rest is not None:
+                    raise rest from None
+            else:
+                self._faults.pop(run.run_id, None)
+            finally:
+                self._drop_live(run)
+            if again:
+                # Started here and nothing of it stored yet (its first write failed):
+                # no other engine can recover it, so this one tries again.
+                await trio.sleep(_backoff(self.poll_interval, 1, self.lease_seconds / 3))
+                self._add_live(run)
 
-    async def _contain(self, run: Run, exc: Exception) -> None:
+    async def _contain(self, run: Run, exc: Exception) -> bool:
         """A run's execution broke down (storage unreachable, a bug): park it, as last
         stored, for recovery (here or elsewhere) once its lease expires; the third time
-        in a row it breaks down the same way, record it 'failed' with the error."""
+        in a row it breaks down the same way, record it 'failed' with the error. True
+        when this engine must execute it again itself (nothing of it is stored)."""
         error = _first_leaf(exc)
         what = f"{type(error).__qualname__}: {error}"
         previous, count = self._faults.get(run.run_id, ("", 0))
@@ -216,7 +229,7 @@ class Engine:
                 what,
                 exc_info=exc,
             )
-            return
+            return run._stored_status == "pending" and not run.cancel_requested
         logger.error(
             "run %s stopped %d times in a row (%s); recording it 'failed'",
             run.run_id,
@@ -230,6 +243,7 @@ class Engine:
             await self._save(run, release=True)
         except Exception:
             logger.exception("run %s: its failure could not be stored either", run.run_id)
+        return False
 
     async def _save(self, run: Run, *, release: bool) -> None:
         """Write the run's snapshot, shielded: a recorded transition is never lost to a
@@ -299,6 +313,9 @@ class Engine:
         status = await storage.request_cancel(run.run_id, text, wall_time())
         delay = min(0.002, self.poll_interval)
         while status not in ("success", "failed", "canceled"):
+            live = self._live.get(run.run_id)
+            if live is not None:  # claimed here meanwhile (a start racing this cancel)
+                live._request_cancel(reason, cancel_scope=True)
             # The executor usually answers within one of its polls: look again soon,
             # then back off to our own poll interval.
             await trio.sleep(delay)
@@ -310,7 +327,7 @@ class Engine:
                 # Nobody executes it (any more): its executor suspended it or died.
                 status = await storage.request_cancel(run.run_id, text, wall_time())
         row = await storage.load(run.run_id)
-        run._load(_snapshot.decode(run.run_id, row.snapshot))
+        run._load_row(row)
         return row.status
 
     async def _wait_stored(self, run: Run) -> None:
@@ -318,7 +335,7 @@ class Engine:
         while True:
             row = await self.storage.load(run.run_id)
             if row.status not in ("pending", "running", "waiting"):
-                run._load(_snapshot.decode(run.run_id, row.snapshot))
+                run._load_row(row)
                 return
             await trio.sleep(self.poll_interval)
 
@@ -389,7 +406,7 @@ class Engine:
             if row is None:
                 continue  # another engine was faster
             try:
-                run = self._rebuild(row.snapshot, row.workflow_id, run_id)
+                run = self._rebuild(row)
             except Exception:
                 self._unreadable.add(run_id)
                 logger.exception("cannot recover run %s; it is left as stored", run_id)
@@ -438,7 +455,7 @@ class Engine:
     def _start_claimed(self, row: RunRow) -> None:
         """Execute a queued run this engine has just taken."""
         try:
-            run = self._rebuild(row.snapshot, row.workflow_id, row.run_id)
+            run = self._rebuild(row)
         except Exception:
             logger.exception("cannot start queued run %s; it is left as stored", row.run_id)
             return

@@ -329,6 +329,7 @@ async def persist(run: Run) -> None:
     are stored by the run's finalizer.)"""
     if run._engine is not None:
         await run._engine._save(run, release=False)
+        run._raise_fault()  # some of the run's data could not be stored: it fails
 
 
 async def call_step(

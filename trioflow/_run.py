@@ -50,6 +50,7 @@ from ._workflow import ForeachNode, LoopNode, Node, WaitEventNode, Workflow, nod
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from .storage import RunRow
 
 logger = logging.getLogger("trioflow")
 # The fields of a step record that hold user data (checked when a run cannot be stored).
@@ -198,7 +199,7 @@ class Run:
     async def _prepare_durable_start(self, input_data: Any, initial_state: Any) -> bool:
         engine = self._engine
         assert engine is not None
-        self._load(_snapshot.decode(self.run_id, (await engine.storage.load(self.run_id)).snapshot))
+        self._load_row(await engine.storage.load(self.run_id))
         if self._status == "pending" and not self.cancel_requested:
             if await engine._claim(self, ("pending",)):
                 self._take_input(input_data, initial_state)
@@ -206,7 +207,7 @@ class Run:
             # Lost the claim: to another process, or to a cancel() that canceled the
             # pending run in storage meanwhile (then this start returns its result).
             row = await engine.storage.load(self.run_id)
-            self._load(_snapshot.decode(self.run_id, row.snapshot))
+            self._load_row(row)
             if self._status not in ("canceled", "pending"):
                 raise RunStateError(
                     self.run_id, self._status, f"run {self.run_id!r} was started by another process"
@@ -256,8 +257,7 @@ class Run:
         await trio.lowlevel.checkpoint()
         engine = self._engine
         if engine is not None and not self._executing:
-            row = await engine.storage.load(self.run_id)
-            self._load(_snapshot.decode(self.run_id, row.snapshot))
+            self._load_row(await engine.storage.load(self.run_id))
         if self._status != "suspended" or self._executing:
             raise RunStateError(self.run_id, self._status, self._not_resumable())
         path = self._suspended_path(step)
@@ -291,6 +291,9 @@ class Run:
             raise ValueError(f"grace_period must be >= 0 seconds, got {grace_period!r}")
         engine = self._engine
         if engine is not None and not self._executing:
+            live = engine._live.get(self.run_id)
+            if live is not None and live is not self:  # executing here, by another handle
+                return await live.cancel(reason, grace_period=grace_period)
             await trio.lowlevel.cancel_shielded_checkpoint()
             return cancel_result(await engine._cancel_elsewhere(self, reason))
         if engine is not None and not self.cancel_requested:
@@ -298,7 +301,14 @@ class Run:
         if self._status in TERMINAL and not self._executing:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return cancel_result(self._status)
-        first = self._request_cancel(reason, cancel_scope=False)
+        try:
+            first = self._request_cancel(reason, cancel_scope=False)
+        except BaseException:
+            # A listener raised what abort() does not catch (KeyboardInterrupt): the
+            # run is interrupted all the same before it propagates.
+            if self._executing:
+                self._cancel_scope(grace_period)
+            raise
         if not self._executing:
             if first:
                 self._finish_idle_cancel()
@@ -501,11 +511,12 @@ class Run:
                 self._steps[culprit], status="failed", error=error, ended_at=wall_time()
             )
             self._in_flight.pop(culprit, None)
-        if self._status not in ("canceled", "failed"):
+        if self._executing:  # the step loop ends at `_raise_fault`, the run 'failed'
+            self._fault = FailRun(error, culprit)
+        elif self._status not in ("canceled", "failed"):  # its final write
             self._status = "failed"
             self._error = error
             self._result = None
-        self._fault = FailRun(error, culprit)
 
     def _give_up(self, error: BaseException) -> None:
         """Record the run ``'failed'`` with `error` after its execution broke down the
@@ -654,6 +665,11 @@ class Run:
         self._encoded = (paths, results, members)
         steps = msgspec.Raw(b"{" + b",".join(members) + b"}") if members else {}
         return _snapshot.encode(self._to_snapshot(steps))
+
+    def _load_row(self, row: RunRow) -> None:
+        """Take the state of the run as stored."""
+        self._load(_snapshot.decode(self.run_id, row.snapshot))
+        self._stored_status = row.status
 
     def _load(self, snapshot: _snapshot.Snapshot) -> None:
         """Take the state of a stored snapshot (a run rebuilt in another process, or a
