@@ -285,7 +285,7 @@ async def finish_step(
             step.retries if step.retries is not None else frame.workflow.retry_config.attempts
         ):
             # The common case, without the coroutine layer of retries and timeouts.
-            ctx = StepContext(frame, value, run._signal, resume_data, 0, False)
+            ctx = StepContext(frame, value, run._signal, resume_data, 0, False, step)
             output = await step.execute(ctx)
         else:
             output = await call_step(frame, step, path, value, resume_data)
@@ -332,13 +332,14 @@ async def call_step(
     run = frame.run
     if step.input_schema is not None:  # a step pays for no schema it does not have
         value = convert(value, step.input_schema, step_id=path, what="input")
-    retries = step.retries if step.retries is not None else frame.workflow.retry_config.attempts
+    config = frame.workflow.retry_config
+    retries = step.retries if step.retries is not None else config.attempts
     attempt = 0
     while True:
         try:
             if step.timeout is None:
                 ctx = StepContext(
-                    frame, value, run._signal, resume_data, attempt, not step.is_async
+                    frame, value, run._signal, resume_data, attempt, not step.is_async, step
                 )
                 if step.is_async:
                     output = await step.execute(ctx)
@@ -351,11 +352,11 @@ async def call_step(
             return convert(output, step.output_schema, step_id=path, what="output")
         except (Suspend, Bail, AbortError):
             raise
-        except Exception:
-            if attempt >= retries or run.cancel_requested:
+        except Exception as exc:
+            if attempt >= retries or run.cancel_requested or not config.retries(exc):
                 raise
         attempt += 1
-        delay = frame.workflow.retry_config.delay_before(attempt)
+        delay = config.delay_before(attempt)
         if delay > 0:
             run._enter_waiting()  # a back-off is a wait (SPEC §3.5): the run is 'waiting'
             try:
@@ -378,7 +379,7 @@ async def _call_with_timeout(
     assert step.timeout is not None
     own = AbortController()
     signal = AbortSignal.any([frame.run._signal, own.signal])
-    ctx = _TimedStepContext(frame, value, signal, resume_data, attempt, not step.is_async)
+    ctx = _TimedStepContext(frame, value, signal, resume_data, attempt, not step.is_async, step)
     ctx._timed_out = own.signal
     error = StepTimeoutError(path, step.timeout)
     with trio.CancelScope() as scope:

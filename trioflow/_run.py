@@ -69,6 +69,7 @@ class Run:
         "_in_flight",
         "_input",
         "_lost",
+        "_outputs",
         "_pending_events",
         "_progress",
         "_result",
@@ -112,6 +113,8 @@ class Run:
         self._watchers = ev.Watchers()
         self._engine: Engine | None = None
         self._lost = False  # another process ended or took this run: write nothing more
+        # Output events of steps created with store_output_events=True (bounded).
+        self._outputs: list[_snapshot.OutputRecord] = []
         self._save_lock: trio.Lock | None = None
         # The step records as last encoded: (paths, results, encoded members).
         self._encoded: tuple[list[str], list[StepResult], list[bytes]] = ([], [], [])
@@ -131,14 +134,24 @@ class Run:
 
     # --- public API -------------------------------------------------------------------
 
-    async def start(self, input_data: Any = None, *, initial_state: Any = None) -> RunResult:
+    async def start(
+        self,
+        input_data: Any = None,
+        *,
+        initial_state: Any = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> RunResult:
         """Execute the run from its first step; the result once it stops executing.
 
-        A run canceled before it started returns its ``'canceled'`` result.
+        A run canceled before it started returns its ``'canceled'`` result. With
+        ``await nursery.start(run.start, input_data)``, the start returns once the run
+        is ``'running'`` (claimed and stored, for a durable run) and the run goes on in
+        the nursery; cancelling that nursery is a cancellation from outside the run.
         """
         await trio.lowlevel.checkpoint()
         if await self._prepare_start(input_data, initial_state):
-            return await self._execute()
+            return await self._execute(task_status)
+        task_status.started()  # canceled before it started: nothing more will happen
         return self.result_nowait()
 
     async def start_soon(self, input_data: Any = None, *, initial_state: Any = None) -> None:
@@ -261,10 +274,14 @@ class Run:
         await self._done.wait()
         return cancel_result(self._status)
 
-    def watch(self) -> ev._WatchContext:
+    def watch(self, *, buffer: int = ev.DEFAULT_BUFFER) -> ev._WatchContext:
         """``async with run.watch() as events: async for event in events: ...`` — the
-        events from now on, ending after the next ``workflow-finish``."""
-        return self._watchers.watch()
+        events from now on, ending after the next ``workflow-finish``.
+
+        At most `buffer` events wait for this watcher: while it is full, events are
+        dropped for it alone, and it then first receives one ``watch-overflow`` event
+        counting them. ``workflow-finish`` always arrives."""
+        return self._watchers.watch(buffer)
 
     async def send_event(self, name: str, data: Any = None) -> None:
         """Deliver an event to `.wait_for_event(name, ...)`: kept until waited for.
@@ -312,7 +329,9 @@ class Run:
 
     # --- execution --------------------------------------------------------------------
 
-    async def _execute(self) -> RunResult:
+    async def _execute(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> RunResult:
         self._executing = True
         if self._done is None or self._done.is_set():
             self._done = trio.Event()
@@ -331,6 +350,7 @@ class Run:
             with scope:
                 if engine is not None:
                     await engine._save(self, release=False)
+                task_status.started()
                 try:
                     output = await execute_workflow(
                         Frame(self, self.workflow, "", self._input), self._input, ()
@@ -458,6 +478,7 @@ class Run:
             pending_events={name: list(q) for name, q in self._pending_events.items()},
             cancel_requested=self.cancel_requested,
             cancel_reason=_reason_text(self) if self.cancel_requested else None,
+            outputs=self._outputs,
         )
 
     def _encode_snapshot(self) -> bytes:
@@ -506,6 +527,7 @@ class Run:
             for name, queue in snapshot.pending_events.items()
         }
         self.cancel_requested = snapshot.cancel_requested
+        self._outputs = list(snapshot.outputs)
 
     @classmethod
     def _from_snapshot(
