@@ -480,5 +480,5 @@ def test_a_bad_step_retries_or_timeout_is_refused_naming_the_parameter(
 
 
 def test_a_retry_config_that_is_not_one_is_refused() -> None:
-    with pytest.raises(TypeError, match="retry_config must be a trioflow.RetryConfig"):
+    with pytest.raises(TypeError, match=r"retry_config must be a trioflow\.RetryConfig"):
         trioflow.create_workflow(id="wf", retry_config={"attempts": 3})  # type: ignore[arg-type]

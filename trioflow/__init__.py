@@ -28,10 +28,10 @@ from ._events import WorkflowStepSuspended as WorkflowStepSuspended
 from ._events import WorkflowStepWaiting as WorkflowStepWaiting
 from ._events import decode_event as decode_event
 from ._events import encode_event as encode_event
-from ._retry import RetryConfig as RetryConfig
 from ._results import CancelResult as CancelResult
 from ._results import RunResult as RunResult
 from ._results import StepResult as StepResult
+from ._retry import RetryConfig as RetryConfig
 from ._run import Run as Run
 from ._step import ConditionContext as ConditionContext
 from ._step import Step as Step

@@ -248,8 +248,7 @@ class Watchers:
 def check_buffer(buffer: object) -> int:
     if isinstance(buffer, bool) or not isinstance(buffer, int):
         raise TypeError(
-            f"watch(buffer=...) takes a whole number of events, got {buffer!r}; "
-            "the default is 1000"
+            f"watch(buffer=...) takes a whole number of events, got {buffer!r}; the default is 1000"
         )
     if buffer < 1:
         raise ValueError(f"watch(buffer=...) must be at least 1 event, got {buffer!r}")

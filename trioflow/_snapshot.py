@@ -42,6 +42,7 @@ class OutputRecord(msgspec.Struct, frozen=True, kw_only=True):
     seq: int
     step_id: str
     data: Any = None
+    at: float | None = None  # wall-clock time of the write
 
 
 # The stored outputs of a run are bounded: the newest ones are kept. (A snapshot is
@@ -49,10 +50,10 @@ class OutputRecord(msgspec.Struct, frozen=True, kw_only=True):
 STORED_OUTPUTS = 1000
 
 
-def append_output(outputs: list[OutputRecord], step_id: str, data: Any) -> None:
+def append_output(outputs: list[OutputRecord], step_id: str, data: Any, at: float) -> None:
     """Store one more output event, dropping the oldest beyond `STORED_OUTPUTS`."""
     seq = outputs[-1].seq + 1 if outputs else 0
-    outputs.append(OutputRecord(seq=seq, step_id=step_id, data=data))
+    outputs.append(OutputRecord(seq=seq, step_id=step_id, data=data, at=at))
     if len(outputs) > STORED_OUTPUTS:
         del outputs[: len(outputs) - STORED_OUTPUTS]
 

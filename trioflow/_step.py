@@ -12,6 +12,7 @@ import trio
 
 from . import _events as ev
 from . import _snapshot
+from ._clock import wall_time
 from ._errors import AbortError
 from ._retry import check_count, check_timeout
 
@@ -229,7 +230,7 @@ class StepContext(Generic[InputT]):
                     f"(store_output_events=True), so ctx.write() takes data msgspec can "
                     f"encode (Structs, dicts, lists, str, numbers...): {exc}"
                 ) from exc
-            _snapshot.append_output(run._outputs, self._path, stored)
+            _snapshot.append_output(run._outputs, self._path, stored, wall_time())
         watchers = run._watchers
         if watchers.channels:
             watchers.emit(ev.WorkflowStepOutput(run_id=run.run_id, step_id=self._path, data=data))

@@ -149,7 +149,8 @@ class Workflow:
         self.state_schema = state_schema
         if retry_config is not None and not isinstance(retry_config, RetryConfig):
             raise TypeError(
-                f"workflow {id!r}: retry_config must be a trioflow.RetryConfig, got {retry_config!r}"
+                f"workflow {id!r}: retry_config must be a trioflow.RetryConfig, "
+                f"got {retry_config!r}"
             )
         self.retry_config = retry_config or NO_RETRIES
         self.description = description
