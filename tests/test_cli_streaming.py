@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_cli import ENV, ROOT, TIMEOUT, command, json_lines, trioflow
+from test_cli import ENV, ROOT, TIMEOUT, Live, command, json_lines, trioflow
 
 STREAM_APP = f"{ROOT / 'examples' / 'streaming_answer.py'}:workflow"
 
@@ -129,3 +129,49 @@ def test_run_json_prints_output_events_and_runs_watch_replays_stored_ones(
     assert body[2].endswith('{"n":0}')
     assert body[5].split()[1:] == ["count", "output", "done"]
     assert body[6].split()[1:3] == ["count", "success"]
+
+
+# A step that stores two outputs, then works for a long time.
+STORED_SLOW_APP = """
+import trio
+import trioflow
+
+
+@trioflow.step(id="think", store_output_events=True)
+async def think(ctx):
+    await ctx.write("first thought")
+    await ctx.write({"progress": 0.5})
+    await trio.sleep(60)
+    return "done"
+
+
+workflow = trioflow.create_workflow(id="thinking").then(think).commit()
+"""
+
+
+@pytest.mark.slow
+def test_runs_watch_shows_stored_outputs_of_a_step_while_it_runs(tmp_path: Path) -> None:
+    (tmp_path / "slow_app.py").write_text(STORED_SLOW_APP)
+    runner = Live(tmp_path, "run", "slow_app.py:workflow", "--run-id", "t-1")
+    watcher: Live | None = None
+    try:
+        runner.wait_for("think", "output", "first thought")
+        watcher = Live(tmp_path, "runs", "watch", "t-1")
+        watcher.wait_for("think", "output", '{"progress":0.5}')
+        canceled = trioflow(tmp_path, "runs", "cancel", "t-1")
+        assert canceled.returncode == 0, canceled.stderr
+        code, out, _ = watcher.finish()
+        runner.finish()
+    finally:
+        runner.kill()
+        if watcher is not None:
+            watcher.kill()
+    assert code == 130
+    lines = [line.split(None, 3)[1:] for line in out.splitlines()[1:4]]
+    # The step is not stored while it runs: its first output shows its start.
+    assert lines == [
+        ["think", "started"],
+        ["think", "output", "first thought"],
+        ["think", "output", '{"progress":0.5}'],
+    ]
+    assert out.splitlines()[4].split()[1:3] == ["think", "canceled"]

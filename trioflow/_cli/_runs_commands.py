@@ -339,6 +339,10 @@ class SnapshotFollower:
                 )
                 print(encode_event(event).decode(), flush=True)
             else:
+                if output.step_id not in self.steps:
+                    # A running step is not stored yet: its first output shows its start.
+                    self.steps[output.step_id] = ("running", None)
+                    self.view.step(self.elapsed(output.at), output.step_id, "running")
                 self.view.output(self.elapsed(output.at), output.step_id, output.data)
 
     def _step(self, run_id: str, path: str, record: StepRecord) -> None:
