@@ -181,8 +181,7 @@ class StepContext(Generic[InputT]):
     __slots__ = (
         "_frame",
         "_in_thread",
-        "_path",
-        "_store_output",
+        "_step",
         "abort_signal",
         "input_data",
         "resume_data",
@@ -205,8 +204,7 @@ class StepContext(Generic[InputT]):
         self.resume_data = resume_data
         self.retry_count = retry_count
         self._in_thread = in_thread
-        self._path = frame.prefix + step.id
-        self._store_output = step.store_output_events
+        self._step = step  # what `write` needs, looked up only when a step writes
 
     async def write(self, data: Any) -> None:
         """Send `data` to the run's watchers now, as a ``workflow-step-output`` event,
@@ -221,20 +219,22 @@ class StepContext(Generic[InputT]):
         """
         await trio.lowlevel.checkpoint()
         run = self._frame.run
-        if self._store_output:
+        path = self._frame.prefix + self._step.id
+        store = self._step.store_output_events
+        if store:
             try:
                 stored = msgspec.to_builtins(data)
             except (TypeError, msgspec.EncodeError) as exc:
                 raise TypeError(
-                    f"step {self._path!r} stores its output events "
+                    f"step {path!r} stores its output events "
                     f"(store_output_events=True), so ctx.write() takes data msgspec can "
                     f"encode (Structs, dicts, lists, str, numbers...): {exc}"
                 ) from exc
-            _snapshot.append_output(run._outputs, self._path, stored, wall_time())
+            _snapshot.append_output(run._outputs, path, stored, wall_time())
         watchers = run._watchers
         if watchers.channels:
-            watchers.emit(ev.WorkflowStepOutput(run_id=run.run_id, step_id=self._path, data=data))
-        if self._store_output and run._engine is not None:
+            watchers.emit(ev.WorkflowStepOutput(run_id=run.run_id, step_id=path, data=data))
+        if store and run._engine is not None:
             # Shielded and bounded like every snapshot write: once emitted, stored.
             await run._engine._save(run, release=False)
 
