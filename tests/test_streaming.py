@@ -9,6 +9,8 @@ cancelling that nursery is a cancellation from outside the run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -380,3 +382,132 @@ async def test_nursery_start_of_a_run_canceled_before_it_started_returns() -> No
     async with trio.open_nursery() as nursery:
         await nursery.start(run.start)
     assert run.status == "canceled"
+
+
+# --- watch() of a run that executes in another engine -------------------------------------
+
+
+def story_workflow(
+    gate: trio.Event, upon: trio.Event | None = None, pause: float = 1.0
+) -> trioflow.Workflow:
+    """A step that writes four words (stored), setting `upon` and waiting for `gate`
+    after the second; then a step whose output is not stored."""
+
+    async def tell(ctx: trioflow.StepContext[Any]) -> str:
+        for word in ("once", "upon", "a", "time"):
+            await trio.sleep(pause)
+            await ctx.write(word)
+            if word == "upon":
+                if upon is not None:
+                    upon.set()  # "once" and "upon" are stored: write() has returned
+                await gate.wait()
+        return "the end"
+
+    async def quiet(ctx: trioflow.StepContext[Any]) -> int:
+        await ctx.write("not stored")
+        return 1
+
+    return (
+        trioflow.create_workflow(id="story")
+        .then(trioflow.create_step(id="tell", execute=tell, store_output_events=True))
+        .then(trioflow.create_step(id="quiet", execute=quiet))
+        .commit()
+    )
+
+
+async def watch_from_another_engine(
+    storage: Callable[[], trioflow.Storage], pause: float
+) -> list[Any]:
+    """Start a run in one engine; once two words are stored, watch it from another
+    engine on the same storage, let it go on, and return what that watch got."""
+    gate, upon = trio.Event(), trio.Event()
+    workflow = story_workflow(gate, upon, pause)
+    async with trioflow.open_engine(storage=storage(), workflows=[workflow]) as here:
+        run = await here.create_run(workflow, run_id="r")
+        await run.start_soon()
+        await upon.wait()
+        async with trioflow.open_engine(storage=storage(), workflows=[workflow]) as there:
+            remote = await there.get_run("r")
+            assert remote is not run
+            async with remote.watch() as events:
+                gate.set()
+                with trio.fail_after(10):
+                    return [event async for event in events]
+
+
+WATCHED_FROM_ELSEWHERE = [
+    # "tell" started before the watch began: its start is not replayed.
+    ("workflow-step-output", "tell", "once"),
+    ("workflow-step-output", "tell", "upon"),
+    ("workflow-step-output", "tell", "a"),
+    ("workflow-step-output", "tell", "time"),
+    ("workflow-step-result", "tell", None),
+    ("workflow-step-start", "quiet", None),
+    ("workflow-step-result", "quiet", None),  # its output was not stored
+    ("workflow-finish", None, None),
+]
+
+
+async def test_watch_in_another_engine_replays_stored_outputs_then_follows_the_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    memory = trioflow.MemoryStorage()
+    got = await watch_from_another_engine(lambda: memory, pause=1.0)
+    assert shape(got) == WATCHED_FROM_ELSEWHERE
+    assert got[4].output == "the end" and got[-1].status == "success"
+    assert got[-1].result == 1
+
+
+async def test_watch_in_another_engine_on_sqlite(tmp_path: Path) -> None:
+    """The same through a SQLite file that each engine opens itself (real clock: two
+    connections to one file in one process must not block the Trio thread)."""
+    got = await watch_from_another_engine(
+        lambda: trioflow.SQLiteStorage(tmp_path / "runs.db"), pause=0.01
+    )
+    assert shape(got) == WATCHED_FROM_ELSEWHERE
+
+
+async def test_watch_of_a_run_that_ended_elsewhere_replays_and_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gate = trio.Event()
+    gate.set()
+    workflow = story_workflow(gate)
+    storage = trioflow.MemoryStorage()
+    async with trioflow.open_engine(storage=storage, workflows=[workflow]) as here:
+        run = await here.create_run(workflow, run_id="r")
+        assert (await run.start()).status == "success"
+    async with trioflow.open_engine(storage=storage, workflows=[workflow]) as there:
+        async with (await there.get_run("r")).watch() as events:
+            got = [event async for event in events]
+    assert shape(got) == [
+        ("workflow-step-output", "tell", "once"),
+        ("workflow-step-output", "tell", "upon"),
+        ("workflow-step-output", "tell", "a"),
+        ("workflow-step-output", "tell", "time"),
+        ("workflow-finish", None, None),
+    ]
+
+
+async def test_watch_of_a_run_canceled_elsewhere_ends_with_canceled_and_finish(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gate = trio.Event()  # never set: the step waits after "upon"
+    workflow = story_workflow(gate)
+    storage = trioflow.MemoryStorage()
+    async with trioflow.open_engine(storage=storage, workflows=[workflow]) as here:
+        run = await here.create_run(workflow, run_id="r")
+        await run.start_soon()
+        await trio.sleep(2.5)
+        async with trioflow.open_engine(storage=storage, workflows=[workflow]) as there:
+            remote = await there.get_run("r")
+            async with remote.watch() as events, trio.open_nursery() as nursery:
+                nursery.start_soon(remote.cancel, "stop")
+                got = [event async for event in events]
+    assert shape(got)[-4:] == [
+        ("workflow-step-output", "tell", "upon"),
+        ("workflow-step-result", "tell", None),
+        ("workflow-canceled", None, None),
+        ("workflow-finish", None, None),
+    ]
+    assert got[-3].status == "canceled" and got[-2].reason == "stop"

@@ -15,6 +15,7 @@ blocking the run and raising, and cannot say how much was lost.)
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -166,7 +167,7 @@ class Watcher:
     ``workflow-finish``, which are let past the bound.
     """
 
-    __slots__ = ("_buffer", "_closed", "_limit", "_lost", "_lot", "_run_id")
+    __slots__ = ("_buffer", "_closed", "_limit", "_lost", "_lot", "_run_id", "refill")
 
     def __init__(self, limit: int) -> None:
         self._buffer: deque[WorkflowEvent] = deque()
@@ -177,6 +178,9 @@ class Watcher:
         self._run_id = ""
         self._closed = False
         self._lot = trio.lowlevel.ParkingLot()
+        # Set for a watch fed by polling (a run executing in another process): awaited
+        # by the reader instead of parking, it waits a while and sends what it found.
+        self.refill: Callable[[], Awaitable[None]] | None = None
 
     def send_nowait(self, event: WorkflowEvent) -> None:
         if self._closed:
@@ -210,6 +214,8 @@ class Watcher:
             elif self._closed:
                 await trio.lowlevel.checkpoint()
                 raise trio.EndOfChannel
+            elif self.refill is not None:
+                await self.refill()
             else:
                 await self._lot.park()
 
@@ -241,8 +247,15 @@ class Watchers:
         for channel in self.channels:
             channel.close()
 
-    def watch(self, buffer: int = DEFAULT_BUFFER) -> _WatchContext:
-        return _WatchContext(self, check_buffer(buffer))
+    def watch(
+        self, buffer: int = DEFAULT_BUFFER, elsewhere: Elsewhere | None = None
+    ) -> _WatchContext:
+        """A watch of these watchers' events, or, when ``await elsewhere(watcher)``
+        says True as it begins, of the events `elsewhere` feeds the watcher."""
+        return _WatchContext(self, check_buffer(buffer), elsewhere)
+
+
+Elsewhere = Callable[[Watcher], Awaitable[bool]]
 
 
 def check_buffer(buffer: object) -> int:
@@ -256,18 +269,24 @@ def check_buffer(buffer: object) -> int:
 
 
 class _WatchContext:
-    __slots__ = ("_watcher", "_watchers")
+    __slots__ = ("_elsewhere", "_watcher", "_watchers")
 
-    def __init__(self, watchers: Watchers, buffer: int) -> None:
+    def __init__(self, watchers: Watchers, buffer: int, elsewhere: Elsewhere | None) -> None:
         self._watchers = watchers
         self._watcher = Watcher(buffer)
+        self._elsewhere = elsewhere
 
     async def __aenter__(self) -> EventStream:
+        # Registered first: an event emitted while `elsewhere` looks is not missed.
         self._watchers.channels.append(self._watcher)
         try:
-            await trio.lowlevel.checkpoint()
+            if self._elsewhere is not None and await self._elsewhere(self._watcher):
+                self._watchers.channels.remove(self._watcher)
+            else:
+                await trio.lowlevel.checkpoint()
         except BaseException:
-            self._watchers.channels.remove(self._watcher)
+            if self._watcher in self._watchers.channels:
+                self._watchers.channels.remove(self._watcher)
             raise
         return EventStream(self._watcher)
 
@@ -277,5 +296,6 @@ class _WatchContext:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._watchers.channels.remove(self._watcher)
+        if self._watcher in self._watchers.channels:
+            self._watchers.channels.remove(self._watcher)
         self._watcher.close()

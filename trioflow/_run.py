@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import uuid
 from collections import deque
+from functools import partial
 from itertools import compress
 from operator import is_not
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ import msgspec
 import trio
 
 from . import _events as ev
-from . import _snapshot
+from . import _follow, _snapshot
 from ._abort import AbortController
 from ._clock import wall_time
 from ._errors import RunStateError, ValidationError
@@ -280,8 +281,13 @@ class Run:
 
         At most `buffer` events wait for this watcher: while it is full, events are
         dropped for it alone, and it then first receives one ``watch-overflow`` event
-        counting them. ``workflow-finish`` always arrives."""
-        return self._watchers.watch(buffer)
+        counting them. ``workflow-finish`` always arrives.
+
+        A durable run that executes in another process (or ended there) is followed
+        through storage: first the output events its steps stored, then its stored
+        transitions, until it ends or suspends."""
+        # A durable run that executes in another process is followed through storage.
+        return self._watchers.watch(buffer, partial(_follow.follow_elsewhere, self))
 
     async def send_event(self, name: str, data: Any = None) -> None:
         """Deliver an event to `.wait_for_event(name, ...)`: kept until waited for.
