@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 import trioflow
+import trioflow.testing
 from trioflow import _snapshot
 
 
@@ -511,3 +512,15 @@ async def test_watch_of_a_run_canceled_elsewhere_ends_with_canceled_and_finish(
         ("workflow-finish", None, None),
     ]
     assert got[-3].status == "canceled" and got[-2].reason == "stop"
+
+
+async def test_a_recording_holds_every_output_at_its_virtual_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    workflow = trioflow.create_workflow(id="wf").then(writer("w", list(range(3)), pause=1)).commit()
+    run = await workflow.create_run()
+    async with trioflow.testing.record_events(run) as recording:
+        await run.start()
+    outputs = recording.of_type("workflow-step-output")
+    assert [e.data for e in outputs] == [0, 1, 2]
+    assert recording.times("workflow-step-output", step_id="w") == [1, 2, 3]
