@@ -286,7 +286,6 @@ class Run:
         A durable run that executes in another process (or ended there) is followed
         through storage: first the output events its steps stored, then its stored
         transitions, until it ends or suspends."""
-        # A durable run that executes in another process is followed through storage.
         return self._watchers.watch(buffer, partial(_follow.follow_elsewhere, self))
 
     async def send_event(self, name: str, data: Any = None) -> None:
