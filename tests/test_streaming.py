@@ -313,13 +313,20 @@ async def test_a_stored_write_is_in_storage_before_write_returns() -> None:
     assert seen == [[{"word": "one"}], [{"word": "one"}, {"word": "two"}]]
 
 
-async def test_storing_data_msgspec_cannot_encode_fails_the_step_clearly() -> None:
+@pytest.mark.parametrize("data", [object(), "lone \ud800 surrogate", {1j: 2}])
+async def test_storing_data_msgspec_cannot_encode_fails_the_step_clearly(data: Any) -> None:
     workflow = (
         trioflow.create_workflow(id="wf")
-        .then(writer("w", [object()], store_output_events=True))
+        .then(writer("w", [data], store_output_events=True))
         .commit()
     )
-    result = await (await workflow.create_run()).start()
+    async with trioflow.open_engine(
+        storage=trioflow.MemoryStorage(), workflows=[workflow]
+    ) as engine:
+        run = await engine.create_run(workflow)
+        result = await run.start()
+        stored = await engine.storage.load(run.run_id)
+    assert stored.status == "failed"  # the run is stored, without the data
     assert result.status == "failed"
     assert isinstance(result.error, TypeError)
     assert "step 'w' stores its output events" in str(result.error)

@@ -13,6 +13,7 @@ from ._errors import StepFailedError as StepFailedError
 from ._errors import StepTimeoutError as StepTimeoutError
 from ._errors import StorageError as StorageError
 from ._errors import TrioflowError as TrioflowError
+from ._errors import UnstorableDataError as UnstorableDataError
 from ._errors import ValidationError as ValidationError
 from ._events import EventStream as EventStream
 from ._events import WatchOverflow as WatchOverflow
@@ -77,6 +78,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "TrioflowError",
+    "UnstorableDataError",
     "ValidationError",
     "WatchOverflow",
     "Workflow",

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from ._errors import SnapshotError, StepFailedError
+from ._errors import AbortError, SnapshotError, StepFailedError, UnstorableDataError
 from ._results import RunStatus, StepResult, StepStatus
 
 SNAPSHOT_VERSION = 1
@@ -83,10 +83,34 @@ _decoder = msgspec.json.Decoder(Snapshot)
 def error_record(error: BaseException | None, step_id: str | None = None) -> ErrorRecord | None:
     if error is None:
         return None
+    message = storable_text(str(error))
     if isinstance(error, StepFailedError):
-        return ErrorRecord(type=error.type_name, message=str(error), step_id=error.step_id)
+        return ErrorRecord(type=error.type_name, message=message, step_id=error.step_id)
     step_id = getattr(error, "step_id", step_id)
-    return ErrorRecord(type=type(error).__qualname__, message=str(error), step_id=step_id)
+    if not isinstance(step_id, str | None):
+        step_id = None
+    return ErrorRecord(type=type(error).__qualname__, message=message, step_id=step_id)
+
+
+_DEFAULT_ABORT_ARGS = AbortError().args
+
+
+def reason_text(reason: object) -> str | None:
+    """A cancel reason as stored (``trioflow runs show`` prints it); None for no reason
+    given (the default `AbortError`), which a loaded run gets back as such."""
+    if reason is None or (type(reason) is AbortError and reason.args == _DEFAULT_ABORT_ARGS):
+        return None
+    return storable_text(str(reason))
+
+
+def storable_text(text: str) -> str:
+    """`text`, with what UTF-8 cannot hold (lone surrogates) escaped: an error message
+    that names a non-UTF-8 file is still stored."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def error_from_record(record: ErrorRecord | None) -> BaseException | None:
@@ -136,12 +160,32 @@ def encode(snapshot: Snapshot) -> bytes:
 def _encode(run_id: str, value: Any) -> bytes:
     try:
         return _encoder.encode(value)
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise SnapshotError(
-            run_id,
-            f"it holds data msgspec cannot encode ({exc}); steps of durable runs must "
-            "return msgspec-encodable data (Structs, dicts, lists, str, numbers...)",
-        ) from exc
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        # ValueError: UnicodeEncodeError, a str with lone surrogates (os.fsdecode of a
+        # non-UTF-8 file name) that JSON cannot hold.
+        raise UnstorableDataError(run_id, "some of its data", _describe(exc)) from exc
+
+
+def encodable(value: Any) -> bool:
+    """Whether `value` can be stored in a snapshot."""
+    try:
+        _encoder.encode(value)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        return False
+    return True
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).encode('utf-8', 'backslashreplace').decode()}"
+
+
+def unstorable_detail(value: Any) -> str:
+    """Why msgspec cannot encode `value`, for an error message."""
+    try:
+        _encoder.encode(value)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        return f"a {type(value).__name__}: {_describe(exc)}"
+    return f"a {type(value).__name__}"
 
 
 def decode(run_id: str, data: bytes) -> Snapshot:

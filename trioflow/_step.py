@@ -181,8 +181,9 @@ class StepContext(Generic[InputT]):
     __slots__ = (
         "_frame",
         "_in_thread",
+        "_parent_signal",
+        "_signal",
         "_step",
-        "abort_signal",
         "input_data",
         "resume_data",
         "retry_count",
@@ -200,11 +201,29 @@ class StepContext(Generic[InputT]):
     ) -> None:
         self._frame = frame
         self.input_data = input_data
-        self.abort_signal = abort_signal
         self.resume_data = resume_data
         self.retry_count = retry_count
         self._in_thread = in_thread
         self._step = step  # what `write` needs, looked up only when a step writes
+        self._parent_signal = abort_signal
+        # The step's own signal, made on first use (most steps never look at it). A
+        # worker-thread step gets it now: a thread must not register it on the run's.
+        self._signal: AbortSignal | None = abort_signal._derive() if in_thread else None
+
+    @property
+    def abort_signal(self) -> AbortSignal:
+        """This step's signal: aborted with the run's (`Run.cancel`) or, for a step with
+        a timeout, at its deadline. Listeners added to it are dropped when the step
+        ends, so a step that never removes its listener leaves nothing behind."""
+        signal = self._signal
+        if signal is None:
+            signal = self._signal = self._parent_signal._derive()
+        return signal
+
+    def _close(self) -> None:
+        """The step has ended: its signal stops following the run's."""
+        if self._signal is not None:
+            self._signal._release()
 
     async def write(self, data: Any) -> None:
         """Send `data` to the run's watchers now, as a ``workflow-step-output`` event,
@@ -222,9 +241,9 @@ class StepContext(Generic[InputT]):
         path = self._frame.prefix + self._step.id
         store = self._step.store_output_events
         if store:
-            try:
-                stored = msgspec.to_builtins(data)
-            except (TypeError, msgspec.EncodeError) as exc:
+            try:  # as JSON and back: what is stored is what another process reads
+                stored = msgspec.json.decode(msgspec.json.encode(data))
+            except (TypeError, UnicodeEncodeError, msgspec.EncodeError) as exc:
                 raise TypeError(
                     f"step {path!r} stores its output events "
                     f"(store_output_events=True), so ctx.write() takes data msgspec can "
