@@ -9,6 +9,7 @@ cancelling that nursery is a cancellation from outside the run.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import trio.testing
 import trioflow
 import trioflow.testing
 from trioflow import _snapshot
+from trioflow._cli._view import TextView
 
 
 def shape(events: list[Any]) -> list[tuple[str, Any, Any]]:
@@ -531,3 +533,27 @@ async def test_a_recording_holds_every_output_at_its_virtual_time(
     outputs = recording.of_type("workflow-step-output")
     assert [e.data for e in outputs] == [0, 1, 2]
     assert recording.times("workflow-step-output", step_id="w") == [1, 2, 3]
+
+
+# --- the CLI's live view ------------------------------------------------------------------
+
+
+def test_the_live_view_prints_text_as_it_comes_and_other_data_as_lines() -> None:
+    out = io.StringIO()
+    view = TextView(out)
+    view.step(0.0, "answer", "running")
+    view.output(0.1, "answer", "Trio")
+    view.output(0.2, "answer", " makes")
+    assert out.getvalue().endswith("output     Trio makes")  # no newline yet: live
+    view.output(0.3, "other", {"n": 1})
+    view.output(0.4, "answer", " it")
+    view.step(0.5, "answer", "success", "0.50s")
+    view.line("(3 events not shown: the view fell behind the run)")
+    assert out.getvalue().splitlines() == [
+        "    0.00s  answer             started",
+        "    0.10s  answer             output     Trio makes",
+        '    0.30s  other              output     {"n":1}',
+        "    0.40s  answer             output      it",  # the text as written
+        "    0.50s  answer             success    0.50s",
+        "(3 events not shown: the view fell behind the run)",
+    ]
