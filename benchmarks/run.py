@@ -609,6 +609,10 @@ async def main(args: argparse.Namespace) -> list[Row]:
     import durable
 
     rows += [Row(**row) for row in await durable.bench(args.quick)]
+    # Streaming from steps (benchmarks/streaming.py): against a bare memory channel.
+    import streaming
+
+    rows += [Row(**row) for row in await streaming.bench(args.quick)]
     return rows
 
 

@@ -288,7 +288,7 @@ async def finish_step(
             step.retries if step.retries is not None else frame.workflow.retry_config.attempts
         ):
             # The common case, without the coroutine layer of retries and timeouts.
-            ctx = StepContext(frame, value, run._signal, resume_data, 0, False)
+            ctx = StepContext(frame, value, run._signal, resume_data, 0, False, step)
             try:
                 output = await step.execute(ctx)
             finally:
@@ -340,13 +340,14 @@ async def call_step(
     run = frame.run
     if step.input_schema is not None:  # a step pays for no schema it does not have
         value = convert(value, step.input_schema, step_id=path, what="input")
-    retries = step.retries if step.retries is not None else frame.workflow.retry_config.attempts
+    config = frame.workflow.retry_config
+    retries = step.retries if step.retries is not None else config.attempts
     attempt = 0
     while True:
         try:
             if step.timeout is None:
                 ctx = StepContext(
-                    frame, value, run._signal, resume_data, attempt, not step.is_async
+                    frame, value, run._signal, resume_data, attempt, not step.is_async, step
                 )
                 try:
                     if step.is_async:
@@ -362,11 +363,11 @@ async def call_step(
             return convert(output, step.output_schema, step_id=path, what="output")
         except (Suspend, Bail, AbortError):
             raise
-        except Exception:
-            if attempt >= retries or run.cancel_requested:
+        except Exception as exc:
+            if attempt >= retries or run.cancel_requested or not config.retries(exc):
                 raise
         attempt += 1
-        delay = frame.workflow.retry_config.delay_before(attempt)
+        delay = config.delay_before(attempt)
         if delay > 0:
             run._enter_waiting()  # a back-off is a wait (SPEC §3.5): the run is 'waiting'
             try:
@@ -390,7 +391,7 @@ async def _call_with_timeout(
     own = AbortController()
     signal = AbortSignal.any([frame.run._signal, own.signal])
     ctx = _TimedStepContext(
-        frame, value, signal, resume_data, attempt, not step.is_async, own.signal
+        frame, value, signal, resume_data, attempt, not step.is_async, step, own.signal
     )
     error = StepTimeoutError(path, step.timeout)
     with trio.CancelScope() as scope:
@@ -428,9 +429,10 @@ class _TimedStepContext(StepContext[Any]):
         resume_data: Any,
         retry_count: int,
         in_thread: bool,
+        step: Step[Any, Any],
         timed_out: AbortSignal,
     ) -> None:
-        super().__init__(frame, input_data, signal, resume_data, retry_count, False)
+        super().__init__(frame, input_data, signal, resume_data, retry_count, False, step)
         self._in_thread = in_thread
         self._signal = signal  # already the step's own: the run's and the timeout's
         self._timed_out = timed_out

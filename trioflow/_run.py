@@ -13,6 +13,7 @@ import contextvars
 import logging
 import uuid
 from collections import deque
+from functools import partial
 from itertools import compress
 from operator import is_not
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ import msgspec
 import trio
 
 from . import _events as ev
-from . import _snapshot
+from . import _follow, _snapshot
 from ._abort import AbortController
 from ._clock import wall_time
 from ._errors import RunStateError, StorageError, UnstorableDataError, ValidationError
@@ -76,6 +77,7 @@ class Run:
         "_in_flight",
         "_input",
         "_lost",
+        "_outputs",
         "_pending_events",
         "_progress",
         "_result",
@@ -120,6 +122,8 @@ class Run:
         self._watchers = ev.Watchers()
         self._engine: Engine | None = None
         self._lost = False  # another process ended or took this run: write nothing more
+        # Output events of steps created with store_output_events=True (bounded).
+        self._outputs: list[_snapshot.OutputRecord] = []
         self._save_lock: trio.Lock | None = None
         # The status of the last snapshot this process stored (None: not stored yet).
         self._stored_status: RunStatus | None = None
@@ -143,14 +147,24 @@ class Run:
 
     # --- public API -------------------------------------------------------------------
 
-    async def start(self, input_data: Any = None, *, initial_state: Any = None) -> RunResult:
+    async def start(
+        self,
+        input_data: Any = None,
+        *,
+        initial_state: Any = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> RunResult:
         """Execute the run from its first step; the result once it stops executing.
 
-        A run canceled before it started returns its ``'canceled'`` result.
+        A run canceled before it started returns its ``'canceled'`` result. With
+        ``await nursery.start(run.start, input_data)``, the start returns once the run
+        is ``'running'`` (claimed and stored, for a durable run) and the run goes on in
+        the nursery; cancelling that nursery is a cancellation from outside the run.
         """
         await trio.lowlevel.checkpoint()
         if await self._prepare_start(input_data, initial_state):
-            return await self._execute()
+            return await self._execute(task_status)
+        task_status.started()  # canceled before it started: nothing more will happen
         return self.result_nowait()
 
     async def start_soon(self, input_data: Any = None, *, initial_state: Any = None) -> None:
@@ -363,10 +377,18 @@ class Run:
         else:
             scope.cancel()
 
-    def watch(self) -> ev._WatchContext:
+    def watch(self, *, buffer: int = ev.DEFAULT_BUFFER) -> ev._WatchContext:
         """``async with run.watch() as events: async for event in events: ...`` — the
-        events from now on, ending after the next ``workflow-finish``."""
-        return self._watchers.watch()
+        events from now on, ending after the next ``workflow-finish``.
+
+        At most `buffer` events wait for this watcher: while it is full, events are
+        dropped for it alone, and it then first receives one ``watch-overflow`` event
+        counting them. ``workflow-finish`` always arrives.
+
+        A durable run that executes in another process (or ended there) is followed
+        through storage: first the output events its steps stored, then its stored
+        transitions, until it ends or suspends."""
+        return self._watchers.watch(buffer, partial(_follow.follow_elsewhere, self))
 
     async def send_event(self, name: str, data: Any = None) -> None:
         """Deliver an event to `.wait_for_event(name, ...)`: kept until waited for.
@@ -414,7 +436,9 @@ class Run:
 
     # --- execution --------------------------------------------------------------------
 
-    async def _execute(self) -> RunResult:
+    async def _execute(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> RunResult:
         self._executing = True
         if self._done is None or self._done.is_set():
             self._done = trio.Event()
@@ -434,6 +458,8 @@ class Run:
                 try:
                     if engine is not None:
                         await engine._save(self, release=False)
+                    task_status.started()  # 'running', and stored for a durable run
+                    if engine is not None:
                         self._raise_fault()
                     output = await execute_workflow(
                         Frame(self, self.workflow, "", self._input), self._input, ()
@@ -643,6 +669,7 @@ class Run:
             cancel_reason=_snapshot.reason_text(self._controller.signal.reason)
             if self.cancel_requested
             else None,
+            outputs=self._outputs,
         )
 
     def _encode_snapshot(self) -> bytes:
@@ -700,6 +727,7 @@ class Run:
             self.cancel_requested = True
             if not self._controller.signal.aborted:
                 self._controller.abort(snapshot.cancel_reason)
+        self._outputs = list(snapshot.outputs)
 
     @classmethod
     def _from_snapshot(

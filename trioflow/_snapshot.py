@@ -34,6 +34,30 @@ class StepRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     ended_at: float | None = None
 
 
+class OutputRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored ``workflow-step-output`` (``create_step(..., store_output_events=True)``).
+    `seq` counts the run's stored outputs from 0 and keeps counting when old ones are
+    dropped, so a follower knows which it has already shown."""
+
+    seq: int
+    step_id: str
+    data: Any = None
+    at: float | None = None  # wall-clock time of the write
+
+
+# The stored outputs of a run are bounded: the newest ones are kept. (A snapshot is
+# written whole, so an unbounded list would make every write of a chatty run slower.)
+STORED_OUTPUTS = 1000
+
+
+def append_output(outputs: list[OutputRecord], step_id: str, data: Any, at: float) -> None:
+    """Store one more output event, dropping the oldest beyond `STORED_OUTPUTS`."""
+    seq = outputs[-1].seq + 1 if outputs else 0
+    outputs.append(OutputRecord(seq=seq, step_id=step_id, data=data, at=at))
+    if len(outputs) > STORED_OUTPUTS:
+        del outputs[: len(outputs) - STORED_OUTPUTS]
+
+
 class Snapshot(msgspec.Struct, kw_only=True, omit_defaults=True):
     version: int = SNAPSHOT_VERSION
     run_id: str
@@ -49,6 +73,7 @@ class Snapshot(msgspec.Struct, kw_only=True, omit_defaults=True):
     pending_events: dict[str, list[Any]] = {}
     cancel_requested: bool = False
     cancel_reason: str | None = None
+    outputs: list[OutputRecord] = []
 
 
 _encoder = msgspec.json.Encoder()
