@@ -224,12 +224,10 @@ class Engine:
         text = None if reason is None else str(reason)
         storage = self.storage
         status = await storage.request_cancel(run.run_id, text, wall_time())
-        delay = min(0.002, self.poll_interval)
         while status not in ("success", "failed", "canceled"):
-            # The executor usually answers within one of its polls: look again soon,
-            # then back off to our own poll interval.
-            await trio.sleep(delay)
-            delay = min(delay * 2, self.poll_interval)
+            # Until the executor stores the outcome: notified where the storage can
+            # (PostgreSQL), else polled soon, then every poll interval.
+            await storage.wait_run_ended(run.run_id, self.poll_interval)
             row = await storage.load(run.run_id)
             status = row.status
             held = row.owner is not None and (row.lease_until or 0) >= wall_time()
@@ -341,7 +339,12 @@ class Engine:
         while True:
             await self.storage.wait_cancel_requests()
             if self._live or self.workers:
-                await self._pass_cancels()
+                try:
+                    await self._pass_cancels()
+                except StorageError as exc:  # issue 11: contained
+                    # Unreachable for longer than the storage retries: look again at
+                    # the next notification, reconnection or backstop.
+                    logger.warning("looking for cancel requests failed, retrying: %s", exc)
 
     def _start_claimed(self, row: RunRow) -> None:
         """Execute a queued run this engine has just taken."""
@@ -372,19 +375,22 @@ class Engine:
         next_recover = trio.current_time() + recover_every
         while not self._closing:
             self._slot_freed = trio.Event()
-            if trio.current_time() >= next_recover:
-                next_recover = trio.current_time() + recover_every
-                await self._recover()
-            free = self.workers - len(self._live)
-            taken = 0
-            if free > 0:
-                now = wall_time()
-                rows = await self.storage.claim_queued(
-                    self.owner_id, workflow_ids, free, now, now + self.lease_seconds
-                )
-                for row in rows:
-                    self._start_claimed(row)
-                taken = len(rows)
+            free = taken = 0
+            try:  # issue 11: contained (a storage error must not stop the worker)
+                if trio.current_time() >= next_recover:
+                    next_recover = trio.current_time() + recover_every
+                    await self._recover()
+                free = self.workers - len(self._live)
+                if free > 0:
+                    now = wall_time()
+                    rows = await self.storage.claim_queued(
+                        self.owner_id, workflow_ids, free, now, now + self.lease_seconds
+                    )
+                    for row in rows:
+                        self._start_claimed(row)
+                    taken = len(rows)
+            except StorageError as exc:
+                logger.warning("taking queued runs failed, retrying: %s", exc)
             if free > 0 and taken < free:
                 await trio.sleep(self.poll_interval)  # the queue is empty: poll again later
             else:
