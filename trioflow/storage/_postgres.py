@@ -749,7 +749,7 @@ class _Backoff:
                 "reconnect_timeout to wait longer)"
             ) from error
         if self.failures == 0 or (not self.bounded and self.waited >= limit):
-            logger.warning("cannot reach %r, retrying: %s", self.storage, error)
+            logger.warning("cannot reach the server, retrying: %s", error)
             if not self.bounded and self.waited >= limit:
                 self.waited = 0.0  # unbounded: warn again every reconnect_timeout
         delay = min(_BACKOFF_FIRST * 2**self.failures, _BACKOFF_CAP)
