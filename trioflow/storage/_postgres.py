@@ -261,6 +261,8 @@ class PostgresStorage(Storage):
                     continue
                 if backoff.failures:
                     logger.info("reconnected to %r", self)
+                if attempt.stop.is_set():  # cancelled while connecting: send nothing
+                    raise _Interrupted
             sent = False
             try:
                 if conn.pgconn.status != pg.pq.ConnStatus.OK:
@@ -512,6 +514,17 @@ class PostgresStorage(Storage):
 
     async def request_cancel(self, run_id: str, reason: str | None, now: float) -> RunStatus:
         def work(conn: psycopg.Connection[Any]) -> RunStatus:
+            # The usual case, a run executing somewhere, in one statement (one round
+            # trip, not five: this is on the path of every cross-process cancel).
+            flagged = conn.execute(
+                "WITH flagged AS (UPDATE trioflow_runs SET cancel_requested = TRUE, "
+                f"cancel_reason = %s WHERE run_id = %s AND {_NOT_ENDED} "
+                "AND owner IS NOT NULL AND lease_until >= %s RETURNING run_id, status) "
+                "SELECT status, pg_notify(%s, run_id) FROM flagged",
+                (reason, run_id, now, CANCEL_CHANNEL),
+            ).fetchone()
+            if flagged is not None:
+                return flagged[0]  # type: ignore[no-any-return]
             with conn.transaction():
                 values = conn.execute(
                     "SELECT status, snapshot, owner, lease_until FROM trioflow_runs "
@@ -765,8 +778,11 @@ def _is_usable(conn: psycopg.Connection[Any]) -> bool:
     EOF): readable means lost."""
     if conn.closed or conn.broken:
         return False
+    fd = conn.pgconn.socket
+    if not hasattr(select, "poll"):  # Windows
+        return not select.select([fd], [], [], 0)[0]
     poller = select.poll()
-    poller.register(conn.pgconn.socket, select.POLLIN)
+    poller.register(fd, select.POLLIN)
     return not poller.poll(0)
 
 
