@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -118,6 +119,56 @@ async def test_engines_survive_a_five_second_server_stall(
 ) -> None:
     server = own_postgres_server
     await survives(server, step_log, lambda: server.stall(5.0))
+
+
+async def test_a_cancel_sent_while_the_listener_was_away_arrives_when_it_is_back(
+    postgres_dsn: str,
+) -> None:
+    """The notification of a cancel sent while the executor's listening connection is
+    lost is lost with it; once reconnected, the engine looks for requests it missed.
+    (The backstop is 300 s: only that look can deliver the cancel in time.)"""
+    storage = trioflow.PostgresStorage(postgres_dsn, notify_backstop=300)
+    reconnect = threading.Event()
+    listen = storage._listen
+
+    def held_back_listen(attempt: Any = None) -> Any:
+        if attempt is not None:  # a reconnection, not the first LISTEN at open()
+            reconnect.wait(30)
+        return listen(attempt)
+
+    storage._listen = held_back_listen  # type: ignore[method-assign]
+    factory = StorageFactory("postgres", postgres_dsn)
+    with trio.fail_after(40):
+        async with (
+            trioflow.open_engine(storage=storage, workflows=WORKFLOWS) as executor,
+            engine(postgres_dsn) as canceller,
+        ):
+            run = await executor.create_run("blocker")
+            await run.start_soon()
+            assert storage._listener is not None
+            pid = storage._listener.info.backend_pid
+            await query(factory, "SELECT pg_terminate_backend(%s)", pid)
+            while True:  # until the executor notices the loss
+                if storage._listener is None:
+                    break
+                await trio.sleep(0.01)
+            canceled: list[str] = []
+            async with trio.open_nursery() as nursery:
+
+                async def cancel() -> None:
+                    same = await canceller.get_run(run.run_id)
+                    canceled.append((await same.cancel()).status)
+
+                nursery.start_soon(cancel)
+                while True:  # until the request is stored
+                    if (await storage.load(run.run_id)).cancel_requested:
+                        break
+                    await trio.sleep(0.01)
+                await trio.sleep(0.2)  # the request's notification is long gone
+                assert run.status == "running"
+                reconnect.set()
+            assert canceled == ["canceled"]
+            assert run.status == "canceled"
 
 
 async def test_only_safe_calls_are_retried_on_a_new_connection(postgres_dsn: str) -> None:
