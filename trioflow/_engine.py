@@ -176,6 +176,8 @@ class Engine:
     def _add_live(self, run: Run) -> None:
         self._live[run.run_id] = run
         self._live_changed.set()
+        if run.run_id in self._early_cancels:  # asked before it became live here
+            run._request_cancel(self._early_cancels.pop(run.run_id), cancel_scope=True)
 
     def _drop_live(self, run: Run) -> None:
         if self._live.get(run.run_id) is run:
@@ -311,21 +313,24 @@ class Engine:
         text = _snapshot.reason_text(reason)
         storage = self.storage
         status = await storage.request_cancel(run.run_id, text, wall_time())
-        delay = min(0.002, self.poll_interval)
-        while status not in ("success", "failed", "canceled"):
+        if status not in ("success", "failed", "canceled"):
+            # Taken by this engine meanwhile (a start racing this cancel)? Its request
+            # came through our own connection, which SQLite's data_version does not see.
+            self._early_cancels[run.run_id] = text
             live = self._live.get(run.run_id)
-            if live is not None:  # claimed here meanwhile (a start racing this cancel)
-                live._request_cancel(reason, cancel_scope=True)
-            # The executor usually answers within one of its polls: look again soon,
-            # then back off to our own poll interval.
-            await trio.sleep(delay)
-            delay = min(delay * 2, self.poll_interval)
+            if live is not None:
+                self._add_live(live)  # delivers it
+        while status not in ("success", "failed", "canceled"):
+            # Until the executor stores the outcome: notified where the storage can
+            # (PostgreSQL), else polled soon, then every poll interval.
+            await storage.wait_run_ended(run.run_id, self.poll_interval)
             row = await storage.load(run.run_id)
             status = row.status
             held = row.owner is not None and (row.lease_until or 0) >= wall_time()
             if status not in ("success", "failed", "canceled") and not held:
                 # Nobody executes it (any more): its executor suspended it or died.
                 status = await storage.request_cancel(run.run_id, text, wall_time())
+        self._early_cancels.pop(run.run_id, None)
         row = await storage.load(run.run_id)
         run._load_row(row)
         return row.status
