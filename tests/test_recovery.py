@@ -10,6 +10,7 @@ over within about a second.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -376,3 +377,26 @@ async def test_a_process_shut_down_from_outside_leaves_its_runs_recoverable(
     result = await place.recover()
     assert (result.status, result.result) == ("success", "x+s1+block")
     assert place.starts() == {"s1": 1, "block": 2}
+
+
+async def test_an_executor_stopped_past_its_lease_starts_no_further_step(place: Place) -> None:
+    """A process is stopped (SIGSTOP) in the middle of a run for longer than its lease;
+    another engine takes the run over and finishes it. When the first process goes on,
+    its write loses the compare-and-set: it starts no further step, writes nothing more,
+    and reports the outcome the other engine stored."""
+    app = await place.spawn("start", "sleepy", "r1", '{"nap": 1.5}')
+    assert await app.line() == "ready"
+    await place.wait_logged("start", "s1")
+    os.kill(app.pid, signal.SIGSTOP)
+    try:
+        result = await place.recover()  # here, once the stopped process's lease expired
+        finished = await place.row()
+    finally:
+        os.kill(app.pid, signal.SIGCONT)
+    assert result.status == "success"
+    code, out = await app.finish()
+    assert (code, out) == (0, ["result success \"{'nap': 1.5}+s2\""]), app.stderr()
+    assert "was ended or taken over by another process" in app.stderr()
+    assert place.who("s1") == [app.pid]
+    assert place.who("s2") == [os.getpid()]  # never in the process that lost the run
+    assert (await place.row()).updated_at == finished.updated_at  # it wrote nothing more
