@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -159,12 +160,39 @@ def test_run_to_success_with_the_live_view_and_summary(tmp_path: Path) -> None:
 
     listed = trioflow(tmp_path, "runs", "list")
     assert listed.returncode == 0
-    assert ["o-1", "order-pipeline", "success"] == listed.stdout.splitlines()[1].split()[:3]
+    version = order_version()
+    assert ["o-1", "order-pipeline", version, "success"] == listed.stdout.splitlines()[1].split()[
+        :4
+    ]
     shown = trioflow(tmp_path, "runs", "show", "o-1")
     assert shown.returncode == 0
     assert "status    success" in shown.stdout
     for step in ("validate", "reserve-stock", "charge-payment", "ship"):
         assert any(line.split()[:2] == [step, "success"] for line in shown.stdout.splitlines())
+
+
+def order_version() -> str:
+    version: str = runpy.run_path(ORDER_APP.rsplit(":", 1)[0])["workflow"].version
+    return version
+
+
+def test_runs_list_and_show_name_the_workflow_version(tmp_path: Path) -> None:
+    done = trioflow(tmp_path, "run", ORDER_APP, "--input", json.dumps(ORDER), "--run-id", "v-1")
+    assert done.returncode == 0, done.stderr
+    version = order_version()
+    assert version.startswith("sha-")
+    listed = trioflow(tmp_path, "runs", "list", "--version", version)
+    assert listed.stdout.splitlines()[1].split()[:3] == ["v-1", "order-pipeline", version]
+    other = trioflow(tmp_path, "runs", "list", "--version", "1")
+    assert other.stdout.strip() == f"no runs with version '1' in {tmp_path / 'runs.db'}"
+    assert (
+        f"workflow  order-pipeline (version {version})"
+        in trioflow(tmp_path, "runs", "show", "v-1").stdout
+    )
+    shown = json.loads(trioflow(tmp_path, "--json", "runs", "show", "v-1").stdout)
+    assert shown["version"] == version
+    (summary,) = json.loads(trioflow(tmp_path, "runs", "list", "--json").stdout)
+    assert summary["version"] == version
 
 
 def test_a_failed_run_names_the_failing_step(tmp_path: Path) -> None:

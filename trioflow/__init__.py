@@ -15,6 +15,7 @@ from ._errors import StorageError as StorageError
 from ._errors import TrioflowError as TrioflowError
 from ._errors import UnstorableDataError as UnstorableDataError
 from ._errors import ValidationError as ValidationError
+from ._errors import WorkflowVersionError as WorkflowVersionError
 from ._events import EventStream as EventStream
 from ._events import WatchOverflow as WatchOverflow
 from ._events import WorkflowCanceled as WorkflowCanceled
@@ -79,6 +80,7 @@ __all__ = [
     "StorageError",
     "TrioflowError",
     "UnstorableDataError",
+    "WorkflowVersionError",
     "ValidationError",
     "WatchOverflow",
     "Workflow",

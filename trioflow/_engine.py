@@ -19,7 +19,7 @@ import trio
 
 from . import _snapshot
 from ._clock import wall_time
-from ._errors import StorageError, UnstorableDataError
+from ._errors import StorageError, UnstorableDataError, WorkflowVersionError
 from ._results import RunStatus
 from ._schema import convert
 from .storage import RunRow, RunSummary, Storage
@@ -52,11 +52,10 @@ class Engine:
         workers: int = 0,
     ) -> None:
         self.storage = storage
-        self.workflows: dict[str, Workflow] = {}
-        for workflow in workflows:
-            if not workflow.committed:
-                raise RuntimeError(f"workflow {workflow.id!r} is not committed; call .commit()")
-            self.workflows[workflow.id] = workflow
+        # id -> version -> definition; id -> the last version given (what create_run(id)
+        # takes).
+        self._versions = index_versions(workflows)
+        self.workflows = {id: list(known.values())[-1] for id, known in self._versions.items()}
         self.owner_id = uuid.uuid4().hex
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
@@ -72,21 +71,33 @@ class Engine:
         self._faults: dict[str, tuple[str, int]] = {}
         # Runs whose stored snapshot cannot be read: logged once, then left alone.
         self._unreadable: set[str] = set()
+        # Runs stored before versions existed, told once that they take the latest version.
+        self._adopted: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<trioflow.Engine on {self.storage!r}: {len(self._live)} executing>"
 
     # --- public API -------------------------------------------------------------------
 
-    async def create_run(self, workflow: str | Workflow, run_id: str | None = None) -> Run:
+    async def create_run(
+        self, workflow: str | Workflow, run_id: str | None = None, *, version: str | None = None
+    ) -> Run:
         """A new durable run of `workflow` (an id or a workflow given to the engine),
-        stored ``'pending'``."""
+        stored ``'pending'``: on `version` of it, or the last version given to the
+        engine (a workflow object: its own version)."""
         from ._run import Run
 
-        run = Run(self._workflow(workflow), run_id)
+        run = Run(self._workflow(workflow, version), run_id)
         run._engine = self
         snapshot = _snapshot.encode(run._to_snapshot())
-        await self.storage.insert(run.run_id, run.workflow.id, "pending", snapshot, wall_time())
+        await self.storage.insert(
+            run.run_id,
+            run.workflow.id,
+            "pending",
+            snapshot,
+            wall_time(),
+            workflow_version=run.workflow.version,
+        )
         return run
 
     async def enqueue(
@@ -96,14 +107,15 @@ class Engine:
         *,
         run_id: str | None = None,
         initial_state: Any = None,
+        version: str | None = None,
     ) -> Run:
         """A new durable run of `workflow` with its input, stored ``'pending'`` and
         queued in one write: an engine opened with ``workers=N`` (any process sharing
-        the storage) takes it and executes it. Wait for it with ``run.result()``,
-        cancel it with ``run.cancel()``."""
+        the storage) that knows its version takes it and executes it. Wait for it with
+        ``run.result()``, cancel it with ``run.cancel()``."""
         from ._run import Run, _initial_state
 
-        run = Run(self._workflow(workflow), run_id)
+        run = Run(self._workflow(workflow, version), run_id)
         run._engine = self
         convert(input_data, run.workflow.input_schema, step_id=None, what="input")
         run._input = input_data
@@ -111,7 +123,13 @@ class Engine:
             run._states[""] = _initial_state(run.workflow, initial_state)
         snapshot = _snapshot.encode(run._to_snapshot())
         await self.storage.insert(
-            run.run_id, run.workflow.id, "pending", snapshot, wall_time(), queued=True
+            run.run_id,
+            run.workflow.id,
+            "pending",
+            snapshot,
+            wall_time(),
+            queued=True,
+            workflow_version=run.workflow.version,
         )
         return run
 
@@ -132,40 +150,82 @@ class Engine:
         workflow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        version: str | None = None,
     ) -> list[RunSummary]:
-        """Summaries of the stored runs, newest first: `limit` of them after `offset`."""
+        """Summaries of the stored runs, newest first: `limit` of them after `offset`
+        (each names the workflow version it executes on)."""
         return await self.storage.list_runs(
-            status=status, workflow_id=workflow_id, limit=limit, offset=offset
+            status=status, workflow_id=workflow_id, limit=limit, offset=offset, version=version
         )
 
     # --- what runs ask of their engine --------------------------------------------------
 
-    def _workflow(self, workflow: str | Workflow) -> Workflow:
+    def _workflow(self, workflow: str | Workflow, version: str | None = None) -> Workflow:
+        """The definition of `version` of `workflow` (default: a workflow object's own
+        version, else the last version given to the engine)."""
         workflow_id = workflow if isinstance(workflow, str) else workflow.id
-        try:
-            return self.workflows[workflow_id]
-        except KeyError:
+        known = self._versions.get(workflow_id)
+        if known is None:
             raise LookupError(
                 f"this engine does not know workflow {workflow_id!r}; "
                 f"pass it in open_engine(workflows=[...]) (known: {sorted(self.workflows)})"
-            ) from None
+            )
+        if version is None and not isinstance(workflow, str):
+            version = workflow.version
+        if version is None:
+            return self.workflows[workflow_id]
+        try:
+            return known[version]
+        except KeyError:
+            raise WorkflowVersionError(workflow_id, version, list(known)) from None
+
+    def _known_versions(self) -> dict[str, list[str]]:
+        return {workflow_id: list(known) for workflow_id, known in self._versions.items()}
 
     def _rebuild(self, row: RunRow) -> Run:
-        """The run of a stored row, as a handle of this engine."""
+        """The run of a stored row, as a handle of this engine, on the definition of the
+        version it stored. A run on a version this engine does not know can be looked at
+        and canceled here, never executed (`Run._unknown_version`)."""
         from ._run import Run
 
-        run = Run._from_snapshot(
-            self._workflow(row.workflow_id), _snapshot.decode(row.run_id, row.snapshot), self
-        )
+        known = self._versions.get(row.workflow_id, {})
+        version = row.workflow_version
+        definition = known.get(version) if version is not None else None
+        if definition is None:
+            definition = self._workflow(row.workflow_id)  # the latest: to read the records
+            if version is None and row.run_id not in self._adopted:
+                self._adopted.add(row.run_id)
+                logger.warning(
+                    "run %s was stored before workflow versions; it takes version %r of %s",
+                    row.run_id,
+                    definition.version,
+                    row.workflow_id,
+                )
+        run = Run._from_snapshot(definition, _snapshot.decode(row.run_id, row.snapshot), self)
+        if version is not None and version not in known:
+            run._unknown_version = version
         run._stored_status = row.status
         return run
+
+    def _check_version(self, run: Run) -> None:
+        """Raise `WorkflowVersionError` if `run` is on a version this engine cannot run."""
+        if run._unknown_version is not None:
+            known = list(self._versions.get(run.workflow.id, {}))
+            raise WorkflowVersionError(
+                run.workflow.id, run._unknown_version, known, run_id=run.run_id
+            )
 
     async def _claim(self, run: Run, statuses: tuple[str, ...]) -> bool:
         """Take `run` for this engine if it is in one of `statuses` and nobody else
         executes it; on success the run's state is refreshed from storage."""
         now = wall_time()
         row = await self.storage.claim(
-            run.run_id, self.owner_id, statuses, now, now + self.lease_seconds
+            run.run_id,
+            self.owner_id,
+            statuses,
+            now,
+            now + self.lease_seconds,
+            workflow_version=run.workflow.version,
         )
         if row is None:
             return False
@@ -350,6 +410,7 @@ class Engine:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Renew leases, take over expired runs, and pass on cancel requests."""
+        await self._note_unknown_versions()
         await self._recover()
         if self.storage.notifies_cancels:
             self._nursery.start_soon(self._listen_cancels, name="trioflow cancel listener")
@@ -392,6 +453,27 @@ class Engine:
                 # executing here: try again at the next tick.
                 logger.warning("engine maintenance failed, retrying: %s", exc)
 
+    async def _note_unknown_versions(self) -> None:
+        """Say once, at open, which recoverable runs this engine leaves to others because
+        it does not know their workflow version."""
+        now = wall_time()
+        ids = list(self.workflows)
+        every = await self.storage.recoverable(ids, now, RECOVER_BATCH)
+        known = set(
+            await self.storage.recoverable(ids, now, RECOVER_BATCH, versions=self._known_versions())
+        )
+        for run_id in every:
+            if run_id not in known:
+                row = await self.storage.load(run_id)
+                logger.warning(
+                    "run %s is on version %r of %s, which this engine does not know "
+                    "(known: %s); leaving it to an engine that does",
+                    run_id,
+                    row.workflow_version,
+                    row.workflow_id,
+                    ", ".join(map(repr, self._versions[row.workflow_id])),
+                )
+
     async def _recover(self) -> None:
         """Take over runs of known workflows whose executor's lease expired; each goes
         on from its last completed step."""
@@ -399,14 +481,25 @@ class Engine:
         limit = RECOVER_BATCH
         if self.workers:  # a worker executes at most `workers` runs at once
             limit = max(0, min(limit, self.workers - len(self._live)))
-        ids = await self.storage.recoverable(list(self.workflows), now, limit)
+        # Only runs on versions this engine knows (and runs stored before versions): a
+        # run on another version is left to an engine that has its definition.
+        ids = await self.storage.recoverable(
+            list(self.workflows), now, limit, versions=self._known_versions()
+        )
         for run_id in ids:
             if run_id in self._live or run_id in self._unreadable:
                 # Executing here (its lease renewal was late: a locked storage), or its
                 # snapshot cannot be read (logged once; left as stored, for a person).
                 continue
+            # A run stored before versions existed takes the latest version given here.
+            workflow_id = (await self.storage.load(run_id)).workflow_id
             row = await self.storage.claim(
-                run_id, self.owner_id, ("running", "waiting"), now, now + self.lease_seconds
+                run_id,
+                self.owner_id,
+                ("running", "waiting"),
+                now,
+                now + self.lease_seconds,
+                workflow_version=self.workflows[workflow_id].version,
             )
             if row is None:
                 continue  # another engine was faster
@@ -497,7 +590,12 @@ class Engine:
                 if free > 0:
                     now = wall_time()
                     rows = await self.storage.claim_queued(
-                        self.owner_id, workflow_ids, free, now, now + self.lease_seconds
+                        self.owner_id,
+                        workflow_ids,
+                        free,
+                        now,
+                        now + self.lease_seconds,
+                        versions=self._known_versions(),
                     )
                     for row in rows:
                         self._start_claimed(row)
@@ -551,9 +649,7 @@ async def open_engine(
     if not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be a whole number >= 0, got {workers!r}")
     workflows = list(workflows)
-    for workflow in workflows:  # misuse raises as itself, not from inside the nursery
-        if not workflow.committed:
-            raise RuntimeError(f"workflow {workflow.id!r} is not committed; call .commit()")
+    index_versions(workflows)  # misuse raises as itself, not from inside the nursery
     async with storage:
         engine: Engine | None = None
         body_error: BaseException | None = None
@@ -589,6 +685,24 @@ async def open_engine(
                         logger.exception("could not release the leases of this engine")
         if body_error is not None:
             raise body_error
+
+
+def index_versions(workflows: Iterable[Workflow]) -> dict[str, dict[str, Workflow]]:
+    """Workflow id -> version -> definition, each id's versions in the order given."""
+    versions: dict[str, dict[str, Workflow]] = {}
+    for workflow in workflows:
+        if not workflow.committed:
+            raise RuntimeError(f"workflow {workflow.id!r} is not committed; call .commit()")
+        known = versions.setdefault(workflow.id, {})
+        same = known.pop(workflow.version, workflow)
+        if same is not workflow:
+            raise ValueError(
+                f"two definitions of workflow {workflow.id!r} have version "
+                f"{workflow.version!r}; give each its own version= (or leave version= "
+                "out to derive one from the definition)"
+            )
+        known[workflow.version] = workflow
+    return versions
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

@@ -94,6 +94,25 @@ class SnapshotError(TrioflowError):
         super().__init__(f"cannot read the snapshot of run {run_id!r}: {detail}")
 
 
+class WorkflowVersionError(TrioflowError):
+    """A stored run is on a version of its workflow that this engine was not given: the
+    engine never executes it (`cancel()` still works: it is a change in storage)."""
+
+    def __init__(
+        self, workflow_id: str, version: str, known: list[str], *, run_id: str | None = None
+    ) -> None:
+        self.workflow_id = workflow_id
+        self.version = version
+        self.known = known
+        self.run_id = run_id
+        what = f"run {run_id!r} is on" if run_id is not None else "there is no"
+        super().__init__(
+            f"{what} version {version!r} of workflow {workflow_id!r}, which this engine does "
+            f"not know (known: {', '.join(map(repr, known)) or 'none'}); pass that version's "
+            "definition in open_engine(workflows=[...]) too"
+        )
+
+
 class UnstorableDataError(TrioflowError):
     """A durable run holds a value msgspec cannot encode, so it cannot be stored. The
     run is recorded ``'failed'`` with this error (the value itself is dropped); unlike

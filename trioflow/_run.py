@@ -90,6 +90,7 @@ class Run:
         "_steps",
         "_stored_status",
         "_suspended",
+        "_unknown_version",
         "_waiting",
         "_watchers",
         "cancel_requested",
@@ -129,6 +130,9 @@ class Run:
         self._stored_status: RunStatus | None = None
         # Data of this run could not be stored: the failure that ends the step loop.
         self._fault: FailRun | None = None
+        # The stored version of a run loaded by an engine that does not know it (the
+        # records are read with the latest definition; the run is never executed here).
+        self._unknown_version: str | None = None
         # The step records as last encoded: (paths, results, encoded members).
         self._encoded: tuple[list[str], list[StepResult], list[bytes]] = ([], [], [])
 
@@ -214,6 +218,7 @@ class Run:
         engine = self._engine
         assert engine is not None
         self._load_row(await engine.storage.load(self.run_id))
+        engine._check_version(self)
         if self._status == "pending" and not self.cancel_requested:
             if await engine._claim(self, ("pending",)):
                 self._take_input(input_data, initial_state)
@@ -272,6 +277,7 @@ class Run:
         engine = self._engine
         if engine is not None and not self._executing:
             self._load_row(await engine.storage.load(self.run_id))
+            engine._check_version(self)
         if self._status != "suspended" or self._executing:
             raise RunStateError(self.run_id, self._status, self._not_resumable())
         path = self._suspended_path(step)

@@ -6,8 +6,11 @@ This module only describes; `_executor` walks the graph.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from ._retry import NO_RETRIES, RetryConfig
 from ._step import Step, check_id
@@ -123,6 +126,7 @@ class Workflow:
     """
 
     __slots__ = (
+        "_version",
         "committed",
         "description",
         "id",
@@ -142,8 +146,15 @@ class Workflow:
         state_schema: Any = None,
         retry_config: RetryConfig | None = None,
         description: str | None = None,
+        version: str | None = None,
     ) -> None:
         self.id = check_id("workflow", id)
+        if version is not None and (not isinstance(version, str) or not version.strip()):
+            raise ValueError(
+                f"workflow {id!r}: version must be a non-empty string, got {version!r}; "
+                "or leave it out to derive one from the definition"
+            )
+        self._version = version
         self.input_schema = input_schema
         self.output_schema = output_schema
         self.state_schema = state_schema
@@ -158,7 +169,27 @@ class Workflow:
         self.committed = False
 
     def __repr__(self) -> str:
-        return f"<trioflow.Workflow {self.id!r}{'' if self.committed else ' (not committed)'}>"
+        if not self.committed:
+            return f"<trioflow.Workflow {self.id!r} (not committed)>"
+        return f"<trioflow.Workflow {self.id!r} version {self.version!r}>"
+
+    @property
+    def version(self) -> str:
+        """The version every run of this workflow stores: the ``version=`` it was given,
+        or ``"sha-"`` + 12 hex digits of a fingerprint of its definition (its graph,
+        ids and schemas; not function bodies), the same in every process."""
+        if self._version is None:
+            if not self.committed:
+                raise RuntimeError(
+                    f"workflow {self.id!r} has no version until it is committed; call .commit()"
+                )
+            self._version = (
+                "sha-"
+                + hashlib.sha256(
+                    msgspec.json.encode(fingerprint(self), order="sorted")
+                ).hexdigest()[:12]
+            )
+        return self._version
 
     def _add(self, node: Node) -> Workflow:
         if self.committed:
@@ -267,6 +298,70 @@ class Workflow:
         return Run(self, run_id)
 
 
+# -- the fingerprint behind a derived version ------------------------------------------
+#
+# Durable runs outlive deployments: a run executes only on the definition it started on.
+# The fingerprint covers what gives a stored run its meaning: node kinds and order, step
+# and node ids, event names, nested workflows (by version), and the msgspec JSON Schema of
+# every schema. Function bodies, conditions, retries and timeouts are left out: they
+# change how a step behaves, not what its stored records mean, and hashing code would
+# make a new version of every reformatting. Plain JSON with sorted keys: no id(), no
+# hash(), no repr with addresses, so the same in every process.
+
+
+def fingerprint(workflow: Workflow) -> dict[str, Any]:
+    """The parts of `workflow`'s definition its derived version is a hash of."""
+    return {
+        "id": workflow.id,
+        "input": _schema(workflow.input_schema),
+        "output": _schema(workflow.output_schema),
+        "state": _schema(workflow.state_schema),
+        "nodes": [_node_shape(node) for node in workflow.nodes],
+    }
+
+
+def _node_shape(node: Node) -> dict[str, Any]:
+    if isinstance(node, StepNode):
+        return {"kind": "step", "step": _runnable_shape(node.step)}
+    if isinstance(node, ParallelNode):
+        return {"kind": "parallel", "steps": [_runnable_shape(s) for s in node.steps]}
+    if isinstance(node, BranchNode):
+        return {"kind": "branch", "steps": [_runnable_shape(s) for _, s in node.branches]}
+    if isinstance(node, LoopNode):
+        kind = "dountil" if node.until else "dowhile"
+        return {"kind": kind, "step": _runnable_shape(node.step)}
+    if isinstance(node, ForeachNode):
+        return {"kind": "foreach", "step": _runnable_shape(node.step)}
+    if isinstance(node, MapNode):
+        return {"kind": "map", "id": node.id}
+    if isinstance(node, SleepNode):
+        return {"kind": "sleep_until" if node.until else "sleep", "id": node.id}
+    return {"kind": "wait_for_event", "name": node.name, "step": _runnable_shape(node.step)}
+
+
+def _runnable_shape(step: Step[Any, Any] | Workflow) -> dict[str, Any]:
+    if isinstance(step, Workflow):
+        return {"workflow": step.id, "version": step.version}
+    return {
+        "id": step.id,
+        "input": _schema(step.input_schema),
+        "output": _schema(step.output_schema),
+        "resume": _schema(step.resume_schema),
+        "suspend": _schema(step.suspend_schema),
+    }
+
+
+def _schema(schema: Any) -> Any:
+    """msgspec's JSON Schema of `schema`; its qualified name for a type msgspec cannot
+    describe."""
+    if schema is None:
+        return None
+    try:
+        return msgspec.json.schema(schema)
+    except (TypeError, ValueError):
+        return f"{getattr(schema, '__module__', '')}.{getattr(schema, '__qualname__', schema)}"
+
+
 def node_steps(node: Node) -> list[Step[Any, Any] | Workflow]:
     """The steps and nested workflows a node runs."""
     if isinstance(node, ParallelNode):
@@ -293,8 +388,10 @@ def create_workflow(
     state_schema: Any = None,
     retry_config: RetryConfig | None = None,
     description: str | None = None,
+    version: str | None = None,
 ) -> Workflow:
-    """A new workflow; chain `.then()` and the rest, then `.commit()`."""
+    """A new workflow; chain `.then()` and the rest, then `.commit()`. Without
+    `version`, the version is derived from the definition (`Workflow.version`)."""
     return Workflow(
         id=id,
         input_schema=input_schema,
@@ -302,4 +399,5 @@ def create_workflow(
         state_schema=state_schema,
         retry_config=retry_config,
         description=description,
+        version=version,
     )

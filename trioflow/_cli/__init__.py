@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub(actions, "list", "List stored runs, newest first.")
     listing.add_argument("--status", choices=STATUSES, help="only runs with this status")
     listing.add_argument("--workflow", metavar="ID", help="only runs of this workflow id")
+    listing.add_argument("--version", metavar="V", help="only runs on this workflow version")
     listing.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (50)")
     listing.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N")
     listing.set_defaults(handler=list_command)

@@ -73,7 +73,11 @@ async def list_command(args: argparse.Namespace) -> int:
     db = existing_db(args.db)
     async with SQLiteStorage(db) as storage:
         runs = await storage.list_runs(
-            status=args.status, workflow_id=args.workflow, limit=args.limit, offset=args.offset
+            status=args.status,
+            workflow_id=args.workflow,
+            limit=args.limit,
+            offset=args.offset,
+            version=args.version,
         )
     if args.json:
         _print_json(runs)
@@ -81,19 +85,23 @@ async def list_command(args: argparse.Namespace) -> int:
     view = TextView()
     if not runs:
         filters = [f"status {args.status!r}" if args.status else "", args.workflow or ""]
+        if args.version:
+            filters.append(f"version {args.version!r}")
         which = " of ".join(f for f in filters if f)
         view.line(f"no runs{' with ' + which if which else ''} in {db}")
         return EXIT_SUCCESS
     width = max(len("RUN ID"), *(len(r.run_id) for r in runs))
     wf_width = max(len("WORKFLOW"), *(len(r.workflow_id) for r in runs))
+    v_width = max(len("VERSION"), *(len(r.version or "-") for r in runs))
     view.line(
-        f"{'RUN ID':<{width}}  {'WORKFLOW':<{wf_width}}  {'STATUS':<10} CREATED{' ' * 14}UPDATED"
+        f"{'RUN ID':<{width}}  {'WORKFLOW':<{wf_width}}  {'VERSION':<{v_width}}  "
+        f"{'STATUS':<10} CREATED{' ' * 14}UPDATED"
     )
     for r in runs:
         status = view.paint(f"{r.status:<10}", r.status)
         view.line(
-            f"{r.run_id:<{width}}  {r.workflow_id:<{wf_width}}  {status} "
-            f"{local_time(r.created_at)}  {local_time(r.updated_at)}"
+            f"{r.run_id:<{width}}  {r.workflow_id:<{wf_width}}  {r.version or '-':<{v_width}}  "
+            f"{status} {local_time(r.created_at)}  {local_time(r.updated_at)}"
         )
     if len(runs) == args.limit:
         view.line(f"(first {args.limit}; see more with --offset {args.offset + args.limit})")
@@ -144,6 +152,7 @@ async def show_command(args: argparse.Namespace) -> int:
         document = summary.to_json()
         del document["type"], document["elapsed"]
         document.update(
+            version=row.workflow_version,
             created_at=row.created_at,
             updated_at=row.updated_at,
             input=snapshot.input,
@@ -153,7 +162,7 @@ async def show_command(args: argparse.Namespace) -> int:
         return EXIT_SUCCESS
     view = TextView()
     view.line(f"run       {snapshot.run_id}")
-    view.line(f"workflow  {snapshot.workflow_id}")
+    view.line(f"workflow  {snapshot.workflow_id} (version {row.workflow_version or '-'})")
     stopped = f" (interrupted: {', '.join(summary.interrupted)})" if summary.interrupted else ""
     view.line(f"status    {view.paint(snapshot.status, snapshot.status)}{stopped}")
     if summary.cancel_reason:

@@ -6,6 +6,7 @@ are what keep one terminal transition and one executor per run across processes.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import msgspec
@@ -26,6 +27,8 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
     status: RunStatus
     created_at: float
     updated_at: float
+    #: The workflow version the run executes on (None: stored before versions existed).
+    version: str | None = None
 
 
 class RunRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,13 +45,32 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: float
     cancel_reason: str | None = None
     queued: bool = False
+    workflow_version: str | None = None
 
 
 # The columns of the runs table of the SQL backends, in the order `row_from_sql` reads.
 SQL_COLUMNS = (
     "run_id, workflow_id, status, snapshot, owner, lease_until, cancel_requested, "
-    "created_at, updated_at, cancel_reason, queued"
+    "created_at, updated_at, cancel_reason, queued, workflow_version"
 )
+# A run's workflow and version as one value ("order.2"; "order." before versions existed):
+# workflow ids never hold a '.', so the key is unambiguous. Filters on known versions
+# compare it with `workflow_keys`.
+WORKFLOW_KEY_SQL = "workflow_id || '.' || COALESCE(workflow_version, '')"
+
+
+def workflow_key(workflow_id: str, version: str | None) -> str:
+    return f"{workflow_id}.{version or ''}"
+
+
+def workflow_keys(versions: Mapping[str, Iterable[str]]) -> list[str]:
+    """The keys of runs on these versions of these workflows, and of each workflow's
+    runs stored before versions existed (those take the version that loads them)."""
+    keys = []
+    for workflow_id, known in versions.items():
+        keys.append(workflow_key(workflow_id, None))
+        keys += [workflow_key(workflow_id, version) for version in known]
+    return keys
 
 
 def row_from_sql(values: Any) -> RunRow:
@@ -65,6 +87,7 @@ def row_from_sql(values: Any) -> RunRow:
         updated_at=values[8],
         cancel_reason=values[9],
         queued=bool(values[10]),
+        workflow_version=values[11],
     )
 
 
@@ -101,8 +124,10 @@ class Storage(abc.ABC):
         now: float,
         *,
         queued: bool = False,
+        workflow_version: str | None = None,
     ) -> None:
-        """Store a new run; `ValueError` if the id is taken. A `queued` run (status
+        """Store a new run of `workflow_version` of its workflow; `ValueError` if the id
+        is taken. A `queued` run (status
         ``'pending'``) waits for a worker to take it with `claim_queued`."""
 
     @abc.abstractmethod
@@ -131,9 +156,12 @@ class Storage(abc.ABC):
         statuses: tuple[str, ...],
         now: float,
         lease_until: float,
+        *,
+        workflow_version: str | None = None,
     ) -> RunRow | None:
         """Take the run for `owner` if its status is in `statuses` and nobody holds a
-        live lease on it; the row as taken, or None."""
+        live lease on it; the row as taken, or None. A run stored before versions
+        existed takes `workflow_version`."""
 
     @abc.abstractmethod
     async def claim_queued(
@@ -143,6 +171,8 @@ class Storage(abc.ABC):
         limit: int,
         now: float,
         lease_until: float,
+        *,
+        versions: Mapping[str, Iterable[str]] | None = None,
     ) -> list[RunRow]:
         """Take for `owner` up to `limit` queued ``'pending'`` runs of these workflows
         that nobody holds a live lease on, oldest first, each in one transaction with
@@ -157,8 +187,16 @@ class Storage(abc.ABC):
         """Drop every lease `owner` holds (its runs become recoverable at once)."""
 
     @abc.abstractmethod
-    async def recoverable(self, workflow_ids: list[str], now: float, limit: int) -> list[str]:
-        """Ids of executing runs of these workflows that nobody holds a live lease on."""
+    async def recoverable(
+        self,
+        workflow_ids: list[str],
+        now: float,
+        limit: int,
+        *,
+        versions: Mapping[str, Iterable[str]] | None = None,
+    ) -> list[str]:
+        """Ids of executing runs of these workflows that nobody holds a live lease on;
+        with `versions`, only runs on those versions (or stored before versions)."""
 
     @abc.abstractmethod
     async def request_cancel(self, run_id: str, reason: str | None, now: float) -> RunStatus:
@@ -183,6 +221,7 @@ class Storage(abc.ABC):
         workflow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        version: str | None = None,
     ) -> list[RunSummary]:
         """Stored runs, newest first, paged."""
 

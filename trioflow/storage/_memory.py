@@ -3,13 +3,22 @@ one process. Nothing survives the process."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
+
 import msgspec
 import trio
 
 from .. import _snapshot
 from .._errors import RunNotFoundError
 from .._results import RunStatus
-from ._base import TERMINAL_STATUSES, RunRow, RunSummary, Storage
+from ._base import (
+    TERMINAL_STATUSES,
+    RunRow,
+    RunSummary,
+    Storage,
+    workflow_key,
+    workflow_keys,
+)
 
 _replace = msgspec.structs.replace
 
@@ -46,6 +55,7 @@ class MemoryStorage(Storage):
         now: float,
         *,
         queued: bool = False,
+        workflow_version: str | None = None,
     ) -> None:
         await trio.lowlevel.checkpoint()
         if run_id in self._rows:
@@ -62,6 +72,7 @@ class MemoryStorage(Storage):
                 created_at=now,
                 updated_at=now,
                 queued=queued,
+                workflow_version=workflow_version,
             )
         )
 
@@ -102,13 +113,16 @@ class MemoryStorage(Storage):
         statuses: tuple[str, ...],
         now: float,
         lease_until: float,
+        *,
+        workflow_version: str | None = None,
     ) -> RunRow | None:
         await trio.lowlevel.checkpoint()
         row = self._get(run_id)
         held = row.owner is not None and row.lease_until is not None and row.lease_until >= now
         if row.status not in statuses or held:
             return None
-        row = _replace(row, owner=owner, lease_until=lease_until)
+        version = row.workflow_version or workflow_version
+        row = _replace(row, owner=owner, lease_until=lease_until, workflow_version=version)
         self._put(row)
         return row
 
@@ -119,14 +133,17 @@ class MemoryStorage(Storage):
         limit: int,
         now: float,
         lease_until: float,
+        *,
+        versions: Mapping[str, Iterable[str]] | None = None,
     ) -> list[RunRow]:
         await trio.lowlevel.checkpoint()
+        known = _known(workflow_ids, versions)
         taken: list[RunRow] = []
         for row in list(self._rows.values()):  # insertion order: oldest first
             if len(taken) >= limit:
                 break
             held = row.owner is not None and row.lease_until is not None and row.lease_until >= now
-            if row.queued and row.status == "pending" and row.workflow_id in workflow_ids:
+            if row.queued and row.status == "pending" and known(row):
                 if not held:
                     row = _replace(row, owner=owner, lease_until=lease_until)
                     self._put(row)
@@ -146,12 +163,20 @@ class MemoryStorage(Storage):
             if row.owner == owner:
                 self._put(_replace(row, owner=None, lease_until=None))
 
-    async def recoverable(self, workflow_ids: list[str], now: float, limit: int) -> list[str]:
+    async def recoverable(
+        self,
+        workflow_ids: list[str],
+        now: float,
+        limit: int,
+        *,
+        versions: Mapping[str, Iterable[str]] | None = None,
+    ) -> list[str]:
         await trio.lowlevel.checkpoint()
+        known = _known(workflow_ids, versions)
         found = [
             row.run_id
             for row in self._rows.values()
-            if row.workflow_id in workflow_ids
+            if known(row)
             and row.status in ("running", "waiting")
             and (row.owner is None or row.lease_until is None or row.lease_until < now)
         ]
@@ -200,6 +225,7 @@ class MemoryStorage(Storage):
         workflow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        version: str | None = None,
     ) -> list[RunSummary]:
         await trio.lowlevel.checkpoint()
         rows = [
@@ -207,6 +233,7 @@ class MemoryStorage(Storage):
             for row in self._rows.values()
             if (status is None or row.status == status)
             and (workflow_id is None or row.workflow_id == workflow_id)
+            and (version is None or row.workflow_version == version)
         ]
         rows.sort(key=lambda row: row.created_at, reverse=True)
         return [
@@ -216,6 +243,17 @@ class MemoryStorage(Storage):
                 status=row.status,
                 created_at=row.created_at,
                 updated_at=row.updated_at,
+                version=row.workflow_version,
             )
             for row in rows[offset : offset + limit]
         ]
+
+
+def _known(
+    workflow_ids: list[str], versions: Mapping[str, Iterable[str]] | None
+) -> Callable[[RunRow], bool]:
+    """Whether a row is a run of these workflows (on these versions, if given)."""
+    if versions is None:
+        return lambda row: row.workflow_id in workflow_ids
+    keys = set(workflow_keys(versions))
+    return lambda row: workflow_key(row.workflow_id, row.workflow_version) in keys

@@ -41,7 +41,7 @@ import contextlib
 import logging
 import select
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -51,7 +51,16 @@ import trio
 from .. import _snapshot
 from .._errors import RunNotFoundError, StorageError
 from .._results import RunStatus
-from ._base import SQL_COLUMNS, TERMINAL_STATUSES, RunRow, RunSummary, Storage, row_from_sql
+from ._base import (
+    SQL_COLUMNS,
+    TERMINAL_STATUSES,
+    WORKFLOW_KEY_SQL,
+    RunRow,
+    RunSummary,
+    Storage,
+    row_from_sql,
+    workflow_keys,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -60,7 +69,7 @@ T = TypeVar("T")
 
 logger = logging.getLogger("trioflow")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: workflow_version
 CANCEL_CHANNEL = "trioflow_cancel"
 # Notified with the run id when an executor stops executing a run (ended or suspended).
 ENDED_CHANNEL = "trioflow_ended"
@@ -87,6 +96,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX trioflow_runs_queue ON trioflow_runs (created_at) "
         "WHERE status = 'pending' AND queued",
     ),
+    # Runs stored before versions keep NULL: they take the version that first loads them.
+    2: ("ALTER TABLE trioflow_runs ADD COLUMN workflow_version TEXT",),
 }
 _NOT_ENDED = "status NOT IN ('success', 'failed', 'canceled')"
 # Deadlocks and serialization failures roll the transaction back: safe to run it again.
@@ -372,6 +383,7 @@ class PostgresStorage(Storage):
         now: float,
         *,
         queued: bool = False,
+        workflow_version: str | None = None,
     ) -> None:
         errors = _psycopg().errors
 
@@ -379,8 +391,9 @@ class PostgresStorage(Storage):
             try:
                 conn.execute(
                     "INSERT INTO trioflow_runs (run_id, workflow_id, status, snapshot, queued, "
-                    "created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (run_id, workflow_id, status, snapshot, queued, now, now),
+                    "created_at, updated_at, workflow_version) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (run_id, workflow_id, status, snapshot, queued, now, now, workflow_version),
                 )
             except errors.UniqueViolation:
                 raise ValueError(
@@ -439,13 +452,16 @@ class PostgresStorage(Storage):
         statuses: tuple[str, ...],
         now: float,
         lease_until: float,
+        *,
+        workflow_version: str | None = None,
     ) -> RunRow | None:
         def work(conn: psycopg.Connection[Any]) -> RunRow | None:
             values = conn.execute(
-                "UPDATE trioflow_runs SET owner = %s, lease_until = %s WHERE run_id = %s "
+                "UPDATE trioflow_runs SET owner = %s, lease_until = %s, "
+                "workflow_version = COALESCE(workflow_version, %s) WHERE run_id = %s "
                 "AND status = ANY(%s) AND (owner IS NULL OR lease_until < %s) "
                 f"RETURNING {SQL_COLUMNS}",
-                (owner, lease_until, run_id, list(statuses), now),
+                (owner, lease_until, workflow_version, run_id, list(statuses), now),
             ).fetchone()
             return None if values is None else row_from_sql(values)
 
@@ -458,16 +474,19 @@ class PostgresStorage(Storage):
         limit: int,
         now: float,
         lease_until: float,
+        *,
+        versions: Mapping[str, Iterable[str]] | None = None,
     ) -> list[RunRow]:
         if not workflow_ids or limit < 1:
             await trio.lowlevel.checkpoint()
             return []
+        column, workflow_ids = _workflow_filter(workflow_ids, versions)
 
         def work(conn: psycopg.Connection[Any]) -> list[RunRow]:
             rows = conn.execute(
                 "UPDATE trioflow_runs SET owner = %s, lease_until = %s WHERE run_id IN ("
                 "SELECT run_id FROM trioflow_runs WHERE status = 'pending' AND queued "
-                "AND workflow_id = ANY(%s) AND (owner IS NULL OR lease_until < %s) "
+                f"AND {column} = ANY(%s) AND (owner IS NULL OR lease_until < %s) "
                 "ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) "
                 f"RETURNING {SQL_COLUMNS}",
                 (owner, lease_until, workflow_ids, now, limit),
@@ -496,15 +515,23 @@ class PostgresStorage(Storage):
             idempotent=True,
         )
 
-    async def recoverable(self, workflow_ids: list[str], now: float, limit: int) -> list[str]:
+    async def recoverable(
+        self,
+        workflow_ids: list[str],
+        now: float,
+        limit: int,
+        *,
+        versions: Mapping[str, Iterable[str]] | None = None,
+    ) -> list[str]:
         if not workflow_ids or limit < 1:
             await trio.lowlevel.checkpoint()
             return []
+        column, workflow_ids = _workflow_filter(workflow_ids, versions)
 
         def work(conn: psycopg.Connection[Any]) -> list[str]:
             rows = conn.execute(
                 "SELECT run_id FROM trioflow_runs WHERE status IN ('running', 'waiting') "
-                "AND workflow_id = ANY(%s) AND (owner IS NULL OR lease_until < %s) "
+                f"AND {column} = ANY(%s) AND (owner IS NULL OR lease_until < %s) "
                 "ORDER BY updated_at LIMIT %s",
                 (workflow_ids, now, limit),
             ).fetchall()
@@ -588,26 +615,34 @@ class PostgresStorage(Storage):
         workflow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        version: str | None = None,
     ) -> list[RunSummary]:
         where: list[str] = []
         params: list[object] = []
-        if status is not None:
-            where.append("status = %s")
-            params.append(status)
-        if workflow_id is not None:
-            where.append("workflow_id = %s")
-            params.append(workflow_id)
+        for column, value in (
+            ("status", status),
+            ("workflow_id", workflow_id),
+            ("workflow_version", version),
+        ):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
         clause = f"WHERE {' AND '.join(where)} " if where else ""
 
         def work(conn: psycopg.Connection[Any]) -> list[RunSummary]:
             rows = conn.execute(
-                "SELECT run_id, workflow_id, status, created_at, updated_at FROM trioflow_runs "
-                f"{clause}ORDER BY created_at DESC, run_id LIMIT %s OFFSET %s",
+                "SELECT run_id, workflow_id, status, created_at, updated_at, workflow_version "
+                f"FROM trioflow_runs {clause}ORDER BY created_at DESC, run_id LIMIT %s OFFSET %s",
                 (*params, limit, offset),
             ).fetchall()
             return [
                 RunSummary(
-                    run_id=r[0], workflow_id=r[1], status=r[2], created_at=r[3], updated_at=r[4]
+                    run_id=r[0],
+                    workflow_id=r[1],
+                    status=r[2],
+                    created_at=r[3],
+                    updated_at=r[4],
+                    version=r[5],
                 )
                 for r in rows
             ]
@@ -856,6 +891,15 @@ async def _in_thread(fn: Callable[[], T], cancel: Callable[[], None] | None) -> 
         if raise_cancel is not None:
             raise_cancel()
     return result.unwrap()
+
+
+def _workflow_filter(
+    workflow_ids: list[str], versions: Mapping[str, Iterable[str]] | None
+) -> tuple[str, list[str]]:
+    """The column and the values an `= ANY` filter on known workflows compares."""
+    if versions is None:
+        return "workflow_id", workflow_ids
+    return f"({WORKFLOW_KEY_SQL})", workflow_keys(versions)
 
 
 def _describe(dsn: str) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 import trio
@@ -24,11 +24,20 @@ from .. import _snapshot
 from .._errors import RunNotFoundError, StorageError
 from .._realtime import run_io
 from .._results import RunStatus
-from ._base import SQL_COLUMNS, TERMINAL_STATUSES, RunRow, RunSummary, Storage, row_from_sql
+from ._base import (
+    SQL_COLUMNS,
+    TERMINAL_STATUSES,
+    WORKFLOW_KEY_SQL,
+    RunRow,
+    RunSummary,
+    Storage,
+    row_from_sql,
+    workflow_keys,
+)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2  # 2: the queued column
+SCHEMA_VERSION = 3  # 2: the queued column; 3: workflow_version
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trioflow_runs (
     run_id TEXT PRIMARY KEY,
@@ -40,6 +49,7 @@ CREATE TABLE IF NOT EXISTS trioflow_runs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     cancel_reason TEXT,
     queued INTEGER NOT NULL DEFAULT 0,
+    workflow_version TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -125,6 +135,8 @@ class SQLiteStorage(Storage):
                     conn.execute(
                         "ALTER TABLE trioflow_runs ADD COLUMN queued INTEGER NOT NULL DEFAULT 0"
                     )
+                if 1 <= version <= 2:  # runs stored before versions keep NULL
+                    conn.execute("ALTER TABLE trioflow_runs ADD COLUMN workflow_version TEXT")
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
@@ -157,13 +169,15 @@ class SQLiteStorage(Storage):
         now: float,
         *,
         queued: bool = False,
+        workflow_version: str | None = None,
     ) -> None:
         def work(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute(
                     "INSERT INTO trioflow_runs (run_id, workflow_id, status, snapshot, "
-                    "queued, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, workflow_id, status, snapshot, queued, now, now),
+                    "queued, created_at, updated_at, workflow_version) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, workflow_id, status, snapshot, queued, now, now, workflow_version),
                 )
             except sqlite3.IntegrityError:
                 raise ValueError(
@@ -235,15 +249,18 @@ class SQLiteStorage(Storage):
         statuses: tuple[str, ...],
         now: float,
         lease_until: float,
+        *,
+        workflow_version: str | None = None,
     ) -> RunRow | None:
         marks = ", ".join("?" * len(statuses))
 
         def work(conn: sqlite3.Connection) -> RunRow | None:
             values = conn.execute(
-                f"UPDATE trioflow_runs SET owner = ?, lease_until = ? WHERE run_id = ? "
+                "UPDATE trioflow_runs SET owner = ?, lease_until = ?, "
+                "workflow_version = COALESCE(workflow_version, ?) WHERE run_id = ? "
                 f"AND status IN ({marks}) AND (owner IS NULL OR lease_until < ?) "
                 f"RETURNING {SQL_COLUMNS}",
-                (owner, lease_until, run_id, *statuses, now),
+                (owner, lease_until, workflow_version, run_id, *statuses, now),
             ).fetchone()
             return None if values is None else row_from_sql(values)
 
@@ -256,15 +273,18 @@ class SQLiteStorage(Storage):
         limit: int,
         now: float,
         lease_until: float,
+        *,
+        versions: Mapping[str, Iterable[str]] | None = None,
     ) -> list[RunRow]:
         if not workflow_ids or limit < 1:
             await trio.lowlevel.checkpoint()
             return []
+        column, workflow_ids = _workflow_filter(workflow_ids, versions)
         marks = ", ".join("?" * len(workflow_ids))
 
         takeable = (
             "SELECT run_id FROM trioflow_runs WHERE status = 'pending' AND queued = 1 "
-            f"AND workflow_id IN ({marks}) AND (owner IS NULL OR lease_until < ?) "
+            f"AND {column} IN ({marks}) AND (owner IS NULL OR lease_until < ?) "
             "ORDER BY created_at LIMIT ?"
         )
 
@@ -300,16 +320,24 @@ class SQLiteStorage(Storage):
             )
         )
 
-    async def recoverable(self, workflow_ids: list[str], now: float, limit: int) -> list[str]:
+    async def recoverable(
+        self,
+        workflow_ids: list[str],
+        now: float,
+        limit: int,
+        *,
+        versions: Mapping[str, Iterable[str]] | None = None,
+    ) -> list[str]:
         if not workflow_ids:
             await trio.lowlevel.checkpoint()
             return []
+        column, workflow_ids = _workflow_filter(workflow_ids, versions)
         marks = ", ".join("?" * len(workflow_ids))
 
         def work(conn: sqlite3.Connection) -> list[str]:
             rows = conn.execute(
                 f"SELECT run_id FROM trioflow_runs WHERE status IN ('running', 'waiting') "
-                f"AND workflow_id IN ({marks}) AND (owner IS NULL OR lease_until < ?) "
+                f"AND {column} IN ({marks}) AND (owner IS NULL OR lease_until < ?) "
                 "ORDER BY updated_at LIMIT ?",
                 (*workflow_ids, now, limit),
             ).fetchall()
@@ -375,22 +403,38 @@ class SQLiteStorage(Storage):
         workflow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        version: str | None = None,
     ) -> list[RunSummary]:
         def work(conn: sqlite3.Connection) -> list[RunSummary]:
             rows = conn.execute(
-                "SELECT run_id, workflow_id, status, created_at, updated_at FROM trioflow_runs "
-                "WHERE (? IS NULL OR status = ?) AND (? IS NULL OR workflow_id = ?) "
+                "SELECT run_id, workflow_id, status, created_at, updated_at, workflow_version "
+                "FROM trioflow_runs WHERE (? IS NULL OR status = ?) "
+                "AND (? IS NULL OR workflow_id = ?) AND (? IS NULL OR workflow_version = ?) "
                 "ORDER BY created_at DESC, run_id LIMIT ? OFFSET ?",
-                (status, status, workflow_id, workflow_id, limit, offset),
+                (status, status, workflow_id, workflow_id, version, version, limit, offset),
             ).fetchall()
             return [
                 RunSummary(
-                    run_id=r[0], workflow_id=r[1], status=r[2], created_at=r[3], updated_at=r[4]
+                    run_id=r[0],
+                    workflow_id=r[1],
+                    status=r[2],
+                    created_at=r[3],
+                    updated_at=r[4],
+                    version=r[5],
                 )
                 for r in rows
             ]
 
         return await self._call(work)
+
+
+def _workflow_filter(
+    workflow_ids: list[str], versions: Mapping[str, Iterable[str]] | None
+) -> tuple[str, list[str]]:
+    """The column and the values an `IN` filter on known workflows compares."""
+    if versions is None:
+        return "workflow_id", workflow_ids
+    return f"({WORKFLOW_KEY_SQL})", workflow_keys(versions)
 
 
 def _storage_error(path: str, exc: sqlite3.Error) -> StorageError:
