@@ -170,7 +170,8 @@ def _line(t: float, event: ev.WorkflowEvent) -> str:
 
 
 def cancel_invariants(attempt: SweepAttempt) -> None:
-    """A check of what ``run.cancel()`` promises, for a run cancelled at a point (pass it among your checks):
+    """A check of what ``run.cancel()`` promises, for a run cancelled at a point (pass
+    it among your checks):
 
     ``cancel()`` returned ``"Workflow run canceled"`` and the run ended ``'canceled'``;
     no step started, waited or suspended after the cancel; no step is left ``'running'``
