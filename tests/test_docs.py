@@ -214,3 +214,23 @@ def test_no_page_cites_the_internal_spec() -> None:
         if "SPEC" in line
     ]
     assert citations == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_site_builds_without_warnings_and_documents_run_cancel(tmp_path: Path) -> None:
+    build = ["-d", str(tmp_path / "doctrees"), str(ROOT / "docs"), str(tmp_path / "html")]
+    done = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", *build],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    reference = (tmp_path / "html" / "reference.html").read_text(encoding="utf-8")
+    for name in trioflow.__all__:
+        assert f'id="trioflow.{name}"' in reference, name
+    assert 'id="trioflow.Run.cancel"' in reference
+    index = (tmp_path / "html" / "index.html").read_text(encoding="utf-8")
+    assert "Durable, cancellable workflow runs for" in index  # the README is the front page
