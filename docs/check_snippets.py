@@ -6,10 +6,11 @@ the exit status is 1.
 
 The conventions a page follows:
 
-1. **A page is one program.** Its ```python blocks run in order in one namespace (a fresh
-   module per page), in a fresh temporary working directory, so a block may use what an
-   earlier block of the same page defined, and never what another page defined. The
-   first block that fails stops its page.
+1. **A page is one program.** Its ```python blocks run in order in one namespace, in an
+   interpreter and a temporary working directory of its own, so a block may use what an
+   earlier block of the same page defined or imported, and never what another page did.
+   The first block that fails stops its page. (The checker itself imports ``trio``,
+   ``trio.testing`` and ``trioflow.testing``; a page should still import what it uses.)
 2. **Top-level ``await``** is allowed, as in an async REPL: such a block runs as the
    body of an async function under ``trio.run``.
 3. **Time is virtual.** Every ``trio.run`` without a ``clock=`` (the checker's and the
@@ -49,6 +50,7 @@ import dataclasses
 import difflib
 import inspect
 import io
+import json
 import os
 import re
 import subprocess
@@ -326,7 +328,26 @@ def run_tests(blocks: list[Block], folder: Path, path: Path, shown: str) -> None
         raise PageError(first, f"the page's tests fail under pytest:\n{report}")
 
 
+def check_in_own_process(path: Path) -> list[str]:
+    """`check_file` in a fresh interpreter: what one page imports or patches (a module
+    such as ``trio.testing``, trio-asyncio's event loop policy) cannot help or break
+    another page."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--one-page", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        return [f"{path}: the check itself crashed:\n{done.stderr.strip()}"]
+    errors: list[str] = json.loads(done.stdout)
+    return errors
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--one-page"]:
+        print(json.dumps(check_file(Path(argv[1]))))
+        return 0
     paths = [Path(arg) for arg in argv] or [ROOT / "README.md", *sorted(ROOT.glob("docs/*.md"))]
     errors: list[str] = []
     blocks = 0
@@ -336,7 +357,7 @@ def main(argv: list[str]) -> int:
             continue
         with contextlib.suppress(PageError):
             blocks += sum(1 for b in parse_page(path.read_text(encoding="utf-8")) if not b.skip)
-        errors.extend(check_file(path))
+        errors.extend(check_in_own_process(path))
     for error in errors:
         print(error, file=sys.stderr)
     print(f"{blocks} python blocks run in {len(paths)} files, {len(errors)} errors")

@@ -167,6 +167,18 @@ def test_a_pages_failing_test_function_fails_the_check(tmp_path: Path) -> None:
     assert "1 failed" in done.stderr
 
 
+def test_each_page_stands_alone(tmp_path: Path) -> None:
+    first = tmp_path / "first.md"
+    first.write_text("```python\nimport xml.dom.minidom\n```\n", encoding="utf-8")
+    second = tmp_path / "second.md"
+    second.write_text("```python\nimport xml\n\nprint(xml.dom)\n```\n", encoding="utf-8")
+    done = run_checker(first, second)
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"{second}:2: AttributeError: module 'xml' has no attribute 'dom' (line 4)\n"
+    )
+
+
 def test_output_matching_ignores_trailing_space_and_expands_ellipses() -> None:
     checker = load_checker()
     assert checker.output_mismatch(["a ...", "b"], "a anything  \nb\n\n") is None
