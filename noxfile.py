@@ -21,8 +21,9 @@ def install(session: nox.Session, *tools: str, extras: str = "test") -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the whole test suite; extra arguments go to pytest (``nox -s tests -- -k run``)."""
-    install(session)
+    """Run the whole test suite; extra arguments go to pytest (``nox -s tests -- -k run``).
+    The docs extra too: tests/test_docs.py builds the site."""
+    install(session, extras="test,docs")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
