@@ -138,3 +138,10 @@ def test_test_my_workflow() -> None:
     lines = run_example(EXAMPLES / "test_my_workflow.py")
     assert re.fullmatch(r"\.{5} +\[100%\]", lines[0]), lines
     assert re.fullmatch(r"5 passed in [\d.]+s", lines[-1]), lines
+
+
+@pytest.mark.slow
+def test_streaming_answer() -> None:
+    # The first 12 words of the answer, streamed one write at a time on one line.
+    words = "Trio makes concurrency structured: every task lives in a nursery, so no"
+    assert run_example(EXAMPLES / "streaming_answer.py") == (words, "run: success")
