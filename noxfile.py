@@ -14,15 +14,16 @@ nox.options.error_on_missing_interpreters = True
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 
 
-def install(session: nox.Session, *tools: str) -> None:
-    """Install trioflow (editable, with its test extra) and the given tools."""
-    session.install("-e", ".[test]", *tools)
+def install(session: nox.Session, *tools: str, extras: str = "test") -> None:
+    """Install trioflow (editable, with `extras`) and the given tools."""
+    session.install("-e", f".[{extras}]", *tools)
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the whole test suite; extra arguments go to pytest (``nox -s tests -- -k run``)."""
-    install(session)
+    """Run the whole test suite; extra arguments go to pytest (``nox -s tests -- -k run``).
+    The docs extra too: tests/test_docs.py builds the site."""
+    install(session, extras="test,docs")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
@@ -43,9 +44,14 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Compile every ```python block of README.md and docs/*.md."""
-    install(session)
+    """Run every ```python block of README.md and docs/*.md, checking the output they
+    show (docs/check_snippets.py), then build the site with warnings as errors into
+    docs/_build/html."""
+    install(session, extras="test,docs")
     session.run("python", "docs/check_snippets.py")
+    session.run(
+        "python", "-m", "sphinx", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html"
+    )
 
 
 @nox.session

@@ -33,11 +33,16 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
 
 class WorkflowStart(_Event, frozen=True, kw_only=True, tag="workflow-start"):
+    """The run began executing: its start, or a resume."""
+
     type_name: ClassVar[str] = "workflow-start"
     workflow_id: str
 
 
 class WorkflowStepStart(_Event, frozen=True, kw_only=True, tag="workflow-step-start"):
+    """A step (or a map, nested workflow, loop or foreach) started; ``payload`` is its
+    input."""
+
     type_name: ClassVar[str] = "workflow-step-start"
     step_id: str
     status: str = "running"
@@ -45,6 +50,9 @@ class WorkflowStepStart(_Event, frozen=True, kw_only=True, tag="workflow-step-st
 
 
 class WorkflowStepResult(_Event, frozen=True, kw_only=True, tag="workflow-step-result"):
+    """A step ended: ``status`` is ``'success'`` (with ``output``), ``'failed'`` (with
+    ``error``, the exception as text) or ``'canceled'``."""
+
     type_name: ClassVar[str] = "workflow-step-result"
     step_id: str
     status: str
@@ -53,6 +61,8 @@ class WorkflowStepResult(_Event, frozen=True, kw_only=True, tag="workflow-step-r
 
 
 class WorkflowStepSuspended(_Event, frozen=True, kw_only=True, tag="workflow-step-suspended"):
+    """A step called ``ctx.suspend(payload)``: the run suspends until resumed."""
+
     type_name: ClassVar[str] = "workflow-step-suspended"
     step_id: str
     status: str = "suspended"
@@ -60,6 +70,9 @@ class WorkflowStepSuspended(_Event, frozen=True, kw_only=True, tag="workflow-ste
 
 
 class WorkflowStepWaiting(_Event, frozen=True, kw_only=True, tag="workflow-step-waiting"):
+    """A step began waiting: a ``.sleep``/``.sleep_until`` node, or a
+    ``.wait_for_event`` step before its event came."""
+
     type_name: ClassVar[str] = "workflow-step-waiting"
     step_id: str
     status: str = "waiting"
@@ -93,11 +106,18 @@ class WatchOverflow(_Event, frozen=True, kw_only=True, tag="watch-overflow"):
 
 
 class WorkflowCanceled(_Event, frozen=True, kw_only=True, tag="workflow-canceled"):
+    """The run was canceled; ``reason`` is the cancel's reason as text. Comes once,
+    after the records of the interrupted steps and before `WorkflowFinish`."""
+
     type_name: ClassVar[str] = "workflow-canceled"
     reason: str | None = None
 
 
 class WorkflowFinish(_Event, frozen=True, kw_only=True, tag="workflow-finish"):
+    """The run stopped executing: ``status`` is ``'success'`` (with ``result``),
+    ``'failed'`` (with ``error``), ``'suspended'`` or ``'canceled'``. The last event
+    of each execution (a start, or a resume)."""
+
     type_name: ClassVar[str] = "workflow-finish"
     status: str
     result: Any = None

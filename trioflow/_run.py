@@ -299,8 +299,16 @@ class Run:
             self._resuming = None
 
     async def cancel(self, reason: object = None, *, grace_period: float = 0) -> CancelResult:
-        """Cancel the run (SPEC §3). Returns once nothing of the run is executing, except
-        when called from inside the run itself, which only requests the cancellation."""
+        """Cancel the run. Returns once nothing of the run is executing, except when called
+        from inside the run itself, which only requests the cancellation.
+
+        The run's `abort_signal` aborts first (with `reason`, or a new `AbortError`), then
+        its cancel scope is cancelled, at once or after `grace_period` seconds of Trio's
+        clock if the run has not ended by then. Returns
+        ``CancelResult(message="Workflow run canceled", status="canceled")``, or for a run
+        that had already ended ``"Workflow run already success"`` (or ``failed``) with
+        that status. The guide "Cancellation" says what happens, in order.
+        """
         # The request is made before this task first yields (cancel_requested is True
         # from the moment cancel() is called, so no step can start in between), and not
         # at all if the caller is already cancelled, as Trio's own primitives do.

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import trio
 
+from .. import __version__
 from .._errors import SnapshotError, StorageError
 from ._common import DEFAULT_DB, EXIT_CANCELED, EXIT_FAILED, EXIT_USAGE, CliError
 from ._run_command import run_command
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         epilog=EXIT_CODES_HELP,
         formatter_class=formatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"trioflow {__version__}", help="show it and exit"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

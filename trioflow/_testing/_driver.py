@@ -179,7 +179,7 @@ async def drive(
     Leaving the block normally waits, as a nursery does, until the run stops executing
     (ended or suspended): cancel it, or wait for it with ``await driver.result()``.
     Leaving it by an exception interrupts the run from outside (it is not marked
-    ``'canceled'``; SPEC §3) and re-raises the exception as it came.
+    ``'canceled'``) and re-raises the exception as it came.
     """
     body_error: BaseException | None = None
     async with record_events(run) as recording:

@@ -170,7 +170,8 @@ def _line(t: float, event: ev.WorkflowEvent) -> str:
 
 
 def cancel_invariants(attempt: SweepAttempt) -> None:
-    """A check of SPEC §3 for a run cancelled at a point (pass it among your checks):
+    """A check of what ``run.cancel()`` promises, for a run cancelled at a point (pass
+    it among your checks):
 
     ``cancel()`` returned ``"Workflow run canceled"`` and the run ended ``'canceled'``;
     no step started, waited or suspended after the cancel; no step is left ``'running'``
@@ -230,7 +231,7 @@ def cancellation_sweep(
       (``assert``) or returns ``False`` when an invariant is broken. Checks run after the
       attempt's ``trio.run`` has returned, so nothing of it is still executing. They run
       on the uncancelled run too (``attempt.point is None``). `cancel_invariants` checks
-      SPEC §3.
+      what ``run.cancel()`` promises.
     - `scenario`: ``async def (run, input_data)`` that drives the run (default:
       ``await run.start(input_data)``), e.g. to send an event at some virtual time or
       resume a suspended step. The sweep's points are those reached while it runs.
