@@ -36,6 +36,8 @@ from ._step import StepContext as StepContext
 from ._step import create_step as create_step
 from ._step import step as step
 from ._util import fixup_module_metadata as _fixup_module_metadata
+from ._web_entry import http_app as http_app
+from ._web_entry import serve_http as serve_http
 from ._worker import serve_worker as serve_worker
 from ._workflow import RetryConfig as RetryConfig
 from ._workflow import Workflow as Workflow
@@ -90,7 +92,9 @@ __all__ = [
     "create_workflow",
     "decode_event",
     "encode_event",
+    "http_app",
     "open_engine",
+    "serve_http",
     "serve_worker",
     "step",
 ]
