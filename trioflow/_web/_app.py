@@ -272,7 +272,8 @@ class _Gate:
                 message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
             await send(message)
 
-        if self.expected is not None and scope["path"].startswith("/api"):
+        path: str = scope["path"]
+        if self.expected is not None and (path == "/api" or path.startswith("/api/")):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 what = "a wrong token" if given else "no token"
