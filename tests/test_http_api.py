@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -53,6 +53,15 @@ async def _ended(engine: trioflow.Engine, run_id: str) -> trioflow.RunResult:
     run = await engine.get_run(run_id)
     with trio.fail_after(10):
         return await run.result()
+
+
+async def _wait_until(check: Callable[[], bool]) -> None:
+    """Poll a live run's state (it changes in the engine's tasks, not ours)."""
+    for _ in range(500):
+        if check():
+            return
+        await trio.sleep(0.01)
+    raise AssertionError("the run did not get there in 5 s")
 
 
 def _error(response: httpx.Response, status: int, kind: str) -> str:
@@ -237,9 +246,7 @@ async def test_cancel_a_running_run_answers_once_it_is_canceled(
 ) -> None:
     run = await _start(client, "long")
     live = await engine.get_run(run["run_id"])
-    with trio.fail_after(5):
-        while not live.result_nowait().steps:
-            await trio.sleep(0.01)
+    await _wait_until(lambda: bool(live.result_nowait().steps))
     response = await client.post(
         f"/api/runs/{run['run_id']}/cancel", json={"reason": "no longer needed"}
     )
@@ -329,9 +336,7 @@ async def test_send_event_reaches_the_waiting_step(
 ) -> None:
     run = await _start(client, "signal")
     live = await engine.get_run(run["run_id"])
-    with trio.fail_after(5):
-        while live.status != "waiting":
-            await trio.sleep(0.01)
+    await _wait_until(lambda: live.status == "waiting")
     bad = await client.post(f"/api/runs/{run['run_id']}/events/go", json={"data": {"x": 1}})
     _error(bad, 422, "ValidationError")
     unknown = await client.post(f"/api/runs/{run['run_id']}/events/stop", json={"data": {}})
