@@ -40,6 +40,7 @@ logger = logging.getLogger("trioflow")
 STATIC = Path(__file__).parent / "static"
 STATUSES = ("pending", "running", "waiting", "suspended", "success", "failed", "canceled")
 MAX_LIMIT = 1000
+MAX_OFFSET = 10**12  # SQL takes 64-bit integers; no database pages this far
 
 T = TypeVar("T")
 Handler = Callable[[Request], Awaitable[Response]]
@@ -109,7 +110,7 @@ class Api:
                 400, "InvalidQuery", f"status must be one of {', '.join(STATUSES)}, got {status!r}"
             )
         limit = _int_query(query.get("limit"), "limit", 50, 1, MAX_LIMIT)
-        offset = _int_query(query.get("offset"), "offset", 0, 0, None)
+        offset = _int_query(query.get("offset"), "offset", 0, 0, MAX_OFFSET)
         runs = await self.engine.list_runs(
             status=status,
             workflow_id=query.get("workflow") or None,
