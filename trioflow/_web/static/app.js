@@ -1,5 +1,5 @@
 // The dashboard: the runs table (#/) and a run's page (#/runs/ID), kept live.
-import { ApiError, follow, get, post, setToken } from "./api.js";
+import { ApiError, follow, get, hasToken, post, setToken } from "./api.js";
 import { buildForm } from "./forms.js";
 
 const TERMINAL = ["success", "failed", "canceled"];
@@ -39,7 +39,7 @@ function showError(where, error) {
 
 // --- login: only when the server asks for its token -----------------------------------
 
-function login(retry) {
+function login(retry, refused) {
   leave();
   const input = el("input", { type: "password", id: "token", autocomplete: "current-password" });
   const form = el(
@@ -47,6 +47,7 @@ function login(retry) {
     { class: "card login", onsubmit: (event) => { event.preventDefault(); setToken(input.value); retry(); } },
     el("h2", {}, "Sign in"),
     el("p", {}, "This server needs its token (the --token it was started with)."),
+    refused ? el("p", { class: "error", role: "alert" }, "The server refused that token.") : null,
     el("label", { for: "token" }, "Token"),
     input,
     el("button", { type: "submit" }, "Sign in"),
@@ -60,8 +61,9 @@ async function guarded(render) {
     await render();
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) {
+      const refused = hasToken();
       setToken(null);
-      login(route);
+      login(route, refused);
     } else if (error.name !== "AbortError") {
       showError(view, error);
     }
