@@ -48,6 +48,7 @@ async def serve_http(
     address = f"[{host.strip('[]')}]" if ":" in host else host
     config.bind = [f"{address}:{port}"]
     config.accesslog = None
+    config.loglevel = "WARNING"  # errors still show; "Running on ..." is for the caller to say
     config.graceful_timeout = 1.0
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(functools.partial(serve, app, config))  # type: ignore[arg-type]
