@@ -45,9 +45,11 @@ def serving(db: Path, *, token: str | None = None, quick_seconds: float = 0.05) 
     finally:
         server.send_signal(signal.SIGINT)
         try:
-            server.wait(timeout=15)
+            code = server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+            raise AssertionError("the server did not stop within 15 s of Ctrl-C") from None
         if server.stderr is not None:
             server.stderr.close()
+        assert code == 0, f"the server exited with {code} on Ctrl-C"

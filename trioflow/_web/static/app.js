@@ -308,7 +308,9 @@ function renderGraph(graph, run, info) {
 function renderTimeline(timeline, run) {
   const starts = run.steps.map((s) => s.started_at).filter((t) => t != null);
   const first = Math.min(...starts);
-  const last = Math.max(Date.now() / 1000, ...run.steps.map((s) => s.ended_at || 0));
+  // A run still executing grows to now; an ended one spans its own steps only.
+  const executing = ["pending", "running", "waiting"].includes(run.status);
+  const last = Math.max(executing ? Date.now() / 1000 : 0, ...run.steps.map((s) => s.ended_at || s.started_at || 0));
   const span = Math.max(last - first, 0.001);
   const rows = run.steps.map((step) => {
     const left = step.started_at == null ? 0 : ((step.started_at - first) / span) * 100;
