@@ -227,6 +227,12 @@ def test_with_a_token_the_dashboard_asks_for_it_and_keeps_it_out_of_the_page(
         expect(page.locator("#runs")).to_be_visible()
         assert "tok-123" not in page.content()
         assert page.evaluate("sessionStorage.getItem('trioflow-token')") == "tok-123"
+        # The run page's live stream carries the token too (fetch, not EventSource).
+        run = api(url, "POST", "/api/workflows/long/runs", {}, token="tok-123")
+        page.goto(f"{url}/#/runs/{run['run_id']}")
+        expect(page.locator("#run-status")).to_have_text("running")
+        api(url, "POST", f"/api/runs/{run['run_id']}/cancel", {}, token="tok-123")
+        expect(page.locator("#run-status")).to_have_text("canceled")
         context.close()
         # The 401s before signing in are the browser's own network log lines.
         assert [p for p in guard.problems if "401" not in p] == []
