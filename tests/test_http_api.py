@@ -528,3 +528,29 @@ def test_without_the_web_extra_the_error_says_how_to_install_it() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'trioflow[web]'" in out.stdout
+
+
+async def test_the_api_over_sqlite_and_postgresql(storage: trioflow.Storage) -> None:
+    """Start, list, cancel and resume through the API on each durable storage."""
+    with trio.CancelScope() as scope:
+        async with (
+            trioflow.open_engine(storage=storage, workflows=web_app.WORKFLOWS) as engine,
+            _client(trioflow.http_app(engine)) as client,
+        ):
+            quick = await _start(client, "quick", input_data={"name": "Bo"}, run_id="q")
+            approval = await _start(client, "approval", run_id="a")
+            long = await _start(client, "long", run_id="l")
+            assert (await _ended(engine, quick["run_id"])).status == "success"
+            assert (await _ended(engine, approval["run_id"])).status == "suspended"
+            cancel = await client.post("/api/runs/l/cancel", json={"reason": "stop"})
+            assert cancel.json()["status"] == "canceled"
+            resume = await client.post(
+                "/api/runs/a/resume", json={"resume_data": {"approved": True}}
+            )
+            assert resume.status_code == 202, resume.text
+            assert (await _ended(engine, "a")).status == "success"
+            page = (await client.get("/api/runs?status=success")).json()
+            assert sorted(r["run_id"] for r in page["runs"]) == ["a", "q"]
+            detail = (await client.get(f"/api/runs/{long['run_id']}")).json()
+            assert detail["status"] == "canceled" and detail["cancel_reason"] == "stop"
+            scope.cancel()
