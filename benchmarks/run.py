@@ -292,6 +292,58 @@ async def bench_loop(quick: bool) -> Row:
     )
 
 
+# --- workload 2b: a step that leaves its abort listener behind -----------------------------
+
+LISTENER_ITERATIONS = 100_000
+
+
+def listener_loop(iterations: int, *, remove: bool, timeout: float | None) -> AsyncFn:
+    """A loop whose step adds an abort listener on every iteration, and removes it
+    (`remove`) or leaves it behind; with `timeout`, each step also has a timeout."""
+
+    async def tick(ctx: trioflow.StepContext[Any]) -> Any:
+        def listener() -> None:
+            pass
+
+        ctx.abort_signal.add_event_listener("abort", listener)
+        if remove:
+            ctx.abort_signal.remove_event_listener("abort", listener)
+        return ctx.input_data
+
+    step = trioflow.create_step(id="tick", execute=tick, timeout=timeout)
+    wf = (
+        trioflow.create_workflow(id="listeners")
+        .dountil(step, lambda ctx: ctx.iteration_count >= iterations)
+        .commit()
+    )
+    return trioflow_run(wf)
+
+
+async def bench_listeners(quick: bool) -> Row:
+    n = LISTENER_ITERATIONS // 10 if quick else LISTENER_ITERATIONS
+    keep = listener_loop(n, remove=False, timeout=None)
+    remove = listener_loop(n, remove=True, timeout=None)
+    t_keep, t_remove = await paired_medians(keep, remove, calls=1, repeats=3, warmup=1)
+    kept_timed = listener_loop(n, remove=False, timeout=60.0)
+    gc.collect()
+    before = rss_bytes()
+    await kept_timed()
+    grown = (rss_bytes() - before) / 2**20
+    return Row(
+        f"listener kept vs removed, {n:,} iterations",
+        "µs/step",
+        t_keep / n * 1e6,
+        t_remove / n * 1e6,
+        "≤ 1.2x removed",
+        max_ratio=1.2,
+        notes=[
+            "'trioflow' = each step leaves its listener behind, 'bare' = each removes it; "
+            "a step's listeners go with the step's own signal when it ends",
+            f"the same loop with timeout=60 on the step: RSS grew {grown:.1f} MB",
+        ],
+    )
+
+
 # --- workload 3: 10,000 runs in flight ---------------------------------------------------
 
 
@@ -550,12 +602,17 @@ def render(rows: list[Row], elapsed: float) -> str:
 
 async def main(args: argparse.Namespace) -> list[Row]:
     rows = [await bench_three_steps(args.quick), await bench_loop(args.quick)]
+    rows.append(await bench_listeners(args.quick))
     rows += await bench_in_flight(args.quick)
     rows.append(await bench_latency(args.quick))
     # Durable runs on SQLite (benchmarks/durable.py): there "bare" is bare sqlite3.
     import durable
 
     rows += [Row(**row) for row in await durable.bench(args.quick)]
+    # Streaming from steps (benchmarks/streaming.py): against a bare memory channel.
+    import streaming
+
+    rows += [Row(**row) for row in await streaming.bench(args.quick)]
     return rows
 
 

@@ -1,15 +1,20 @@
 """A throwaway PostgreSQL server for the tests and benchmarks, and the storage fixtures.
 
 `PostgresServer` runs ``initdb`` into a temporary directory and ``pg_ctl start`` on a
-free loopback port (fsync off: nothing here must survive a power cut), and removes it
-all on `stop()`. As root (initdb refuses root) the server runs as the ``postgres`` user
-if there is one, else as ``nobody``. Binaries are looked up on PATH, then in Debian's
-``/usr/lib/postgresql/*/bin``; `.ci/run` installs them when missing.
+free loopback port (fsync off: nothing here must survive a power cut; ``durable=True``
+keeps PostgreSQL's default durability, for benchmarks), and removes it all on `stop()`.
+For fault tests it can restart the server (``pg_ctl restart -m fast``), shut it down and
+start it again, stall it (SIGSTOP of the postmaster and every backend), and add a role
+that must log in with a password. As root (initdb refuses root) the server runs as the
+``postgres`` user if there is one, else as ``nobody``. Binaries are looked up on PATH,
+then in Debian's ``/usr/lib/postgresql/*/bin``; `.ci/run` installs them when missing.
 
-Fixtures (imported by conftest.py):
+Fixtures (imported by conftest.py, except ``own_postgres_server``: import it where used):
 
 - ``postgres_server`` (session): the server; a clear failure if it cannot start, or a
   skip when ``TRIOFLOW_SKIP_POSTGRES=1``.
+- ``own_postgres_server``: a server of the test's own, for tests that restart, stall or
+  stop it (the session's server is left alone).
 - ``postgres_dsn``: a DSN whose search_path is a fresh schema, so each test starts empty.
 - ``storage_factory``: parametrized over ``sqlite`` and ``postgres``; calling it makes a
   new storage instance on one shared store (one per engine), ``.url`` names that store
@@ -24,9 +29,11 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,7 +62,8 @@ def _free_port() -> int:
 class PostgresServer:
     """A PostgreSQL server in a temporary directory; `dsn` reaches database `trioflow`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable
         self.root: Path | None = None
         self.port = 0
         self.dsn = ""
@@ -105,17 +113,12 @@ class PostgresServer:
             "initdb",
         )
         self.port = _free_port()
-        options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        self._options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=300"
         )
-        self._check(
-            self._run(
-                pg_ctl, "-D", data, "-o", options, "-l", str(self.root / "server.log"),
-                "start", "-w", "-t", "60",
-            ),
-            "pg_ctl start",
-        )  # fmt: skip
+        if not self.durable:
+            self._options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        self._pg_ctl_start("start")
         admin = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
         import psycopg
 
@@ -125,6 +128,64 @@ class PostgresServer:
             conn.execute(f"CREATE DATABASE trioflow{strategy}")
         self.dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=trioflow"
         return self.dsn
+
+    def _pg_ctl_start(self, command: str, *extra: str) -> None:
+        assert self.root is not None
+        data, log = str(self.root / "data"), str(self.root / "server.log")
+        # -l: without a log file the server would keep our output pipe open.
+        done = self._run(
+            self._pg_ctl, "-D", data, "-o", self._options, "-l", log, command, *extra,
+            "-w", "-t", "60",
+        )  # fmt: skip
+        self._check(done, f"pg_ctl {command}")
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: every connection is closed; back up on return."""
+        self._pg_ctl_start("restart", "-m", "fast")
+
+    def shut_down(self) -> None:
+        """``pg_ctl stop -m fast``, keeping the data for `start_again`."""
+        assert self.root is not None
+        done = self._run(self._pg_ctl, "-D", str(self.root / "data"), "stop", "-m", "fast", "-w")
+        self._check(done, "pg_ctl stop")
+
+    def start_again(self) -> None:
+        self._pg_ctl_start("start")
+
+    def processes(self) -> list[int]:
+        """The postmaster's pid, then its children's (the backends and helpers)."""
+        assert self.root is not None
+        postmaster = int((self.root / "data" / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        return [postmaster, *map(int, children)]
+
+    def stall(self, seconds: float) -> None:
+        """Freeze every server process (SIGSTOP) for `seconds`, then let them go on.
+        Their sockets stay open: clients see a server that answers nothing."""
+        pids = self.processes()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            for pid in reversed(pids):
+                os.kill(pid, signal.SIGCONT)
+
+    def add_password_role(self, role: str, password: str) -> None:
+        """A login role that must give `password` over TCP (the others stay trusted)."""
+        assert self.root is not None
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+            conn.execute(f"GRANT ALL ON DATABASE trioflow TO {role}")
+            conn.execute(f"GRANT ALL ON SCHEMA public TO {role}")
+        hba = self.root / "data" / "pg_hba.conf"
+        rule = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+        hba.write_text(rule + hba.read_text())
+        done = self._run(self._pg_ctl, "-D", str(self.root / "data"), "reload")
+        self._check(done, "pg_ctl reload")
+        time.sleep(0.5)  # the postmaster rereads pg_hba.conf on SIGHUP, asynchronously
 
     def stop(self) -> None:
         if self.root is None:
@@ -194,6 +255,18 @@ def postgres_server() -> Iterator[PostgresServer]:
         )
     yield server
     server.stop()
+
+
+@pytest.fixture
+def own_postgres_server() -> Iterator[PostgresServer]:
+    if os.environ.get(SKIP_ENV) == "1":
+        pytest.skip(f"PostgreSQL tests skipped ({SKIP_ENV}=1)")
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -256,7 +256,7 @@ def test_once_listener_is_called_once_and_removed_before_it_runs() -> None:
     def once() -> None:
         calls.append("once")
         # The DOM removes a once-listener before invoking it.
-        listeners = signal._listeners or []
+        listeners = (signal._listeners or {}).values()
         still_registered.append(any(e.callback is once for e in listeners))
 
     signal.add_event_listener("abort", once, once=True)

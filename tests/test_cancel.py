@@ -113,13 +113,14 @@ async def test_listeners_and_onabort_run_once_in_registration_order(autojump_clo
 
     @trioflow.step(id="first")
     async def first(ctx: trioflow.StepContext[Any]) -> None:
-        ctx.abort_signal.add_event_listener("abort", listener("first-a"))
-        ctx.abort_signal.onabort = listener("onabort")
-        ctx.abort_signal.add_event_listener("abort", listener("first-b"))
+        # Dropped when the step ends: the step's own signal carries it.
+        ctx.abort_signal.add_event_listener("abort", listener("ended-step"))
 
     @trioflow.step(id="second")
     async def second(ctx: trioflow.StepContext[Any]) -> None:
-        ctx.abort_signal.add_event_listener("abort", listener("second"))
+        ctx.abort_signal.add_event_listener("abort", listener("second-a"))
+        ctx.abort_signal.onabort = listener("onabort")
+        ctx.abort_signal.add_event_listener("abort", listener("second-b"))
         await trio.sleep(100)
 
     run = await linear(first, second).create_run()
@@ -128,13 +129,45 @@ async def test_listeners_and_onabort_run_once_in_registration_order(autojump_clo
     await scenario.play(cancel_at=5)
     assert calls == [
         ("outside", 5),
-        ("first-a", 5),
+        ("second-a", 5),
         ("onabort", 5),
-        ("first-b", 5),
-        ("second", 5),
+        ("second-b", 5),
     ]
     assert await run.cancel() == CANCELED
-    assert len(calls) == 5  # never again
+    assert len(calls) == 4  # never again
+
+
+async def test_a_listener_a_step_never_removes_is_dropped_when_the_step_ends(
+    autojump_clock: Any,
+) -> None:
+    """A loop whose step adds a listener on every iteration leaves none behind on the
+    run's signal (nothing accumulates, nothing is called for an ended step)."""
+    calls: list[int] = []
+
+    @trioflow.step(id="tick")
+    async def tick(ctx: trioflow.StepContext[int]) -> int:
+        n = ctx.input_data
+        ctx.abort_signal.add_event_listener("abort", lambda: calls.append(n))
+        return n + 1
+
+    @trioflow.step(id="timed", timeout=60)
+    async def timed(ctx: trioflow.StepContext[int]) -> int:
+        ctx.abort_signal.add_event_listener("abort", lambda: calls.append(-1))
+        return ctx.input_data
+
+    workflow = (
+        trioflow.create_workflow(id="listener-loop")
+        .dountil(tick, lambda c: c.input_data >= 200)
+        .then(timed)
+        .commit()
+    )
+    run = await workflow.create_run()
+    assert (await run.start(input_data=0)).status == "success"
+    dependents = run.abort_signal._dependents
+    assert dependents is None or (not dependents.pinned and not list(dependents.weak))
+    assert run.abort_signal._listeners is None
+    await run.cancel()
+    assert calls == []
 
 
 async def test_listeners_have_run_when_cancel_from_inside_returns(autojump_clock: Any) -> None:

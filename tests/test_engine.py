@@ -206,8 +206,18 @@ async def stored(new_storage: NewStorage, run_id: str) -> Any:
 
 async def test_open_engine_checks_its_arguments(new_storage: NewStorage) -> None:
     wf = typed_workflow([])
-    for bad in ({"lease_seconds": 0}, {"lease_seconds": float("inf")}, {"poll_interval": -1}):
-        with pytest.raises(ValueError, match="positive"):
+    bad_values: list[tuple[dict[str, Any], type[Exception], str]] = [
+        ({"lease_seconds": 0}, ValueError, "lease_seconds must be a finite number"),
+        ({"lease_seconds": float("inf")}, ValueError, "lease_seconds must be a finite"),
+        ({"lease_seconds": float("nan")}, ValueError, "lease_seconds must be a finite"),
+        ({"poll_interval": -1}, ValueError, "poll_interval must be a finite number"),
+        ({"poll_interval": float("inf")}, ValueError, "poll_interval must be a finite"),
+        ({"poll_interval": "1"}, TypeError, "poll_interval must be a number"),
+        ({"poll_interval": 5.0}, ValueError, r"poll_interval \(5s\) must be less than half"),
+        ({"lease_seconds": 1.0, "poll_interval": 0.5}, ValueError, "less than half"),
+    ]
+    for bad, error, message in bad_values:
+        with pytest.raises(error, match=message):
             async with engine(new_storage, wf, **bad):
                 pass  # pragma: no cover
     draft = trioflow.create_workflow(id="draft").then(trioflow.create_step(id="a", execute=id))
@@ -815,7 +825,8 @@ async def test_a_lock_during_a_run_loses_nothing(
             else:
                 await run.start_soon()
                 await trio.sleep(0.3)
-                assert "run r stopped: its state could not be stored" in caplog.text
+                assert "run r stopped (StorageError" in caplog.text
+                assert "it stays as last stored and will be recovered" in caplog.text
             locker.unlock()
             with trio.fail_after(5):
                 result = await run.result()

@@ -301,3 +301,40 @@ async def test_abort_in_an_item_records_the_foreach_canceled(
         }
     assert {path: r.status for path, r in result.steps.items()} == expected
     assert all(r.error is None for r in result.steps.values())
+
+
+@pytest.mark.parametrize("durable", [False, True])
+async def test_bail_in_an_item_ends_the_run_with_its_result(
+    autojump_clock: Any, durable: bool
+) -> None:
+    """ctx.bail() in a foreach item ends the run 'success' with the bail's result, as it
+    does anywhere else; the other items in flight are interrupted, no new one starts."""
+    started: list[int] = []
+
+    async def item(ctx: trioflow.StepContext[int]) -> int:
+        started.append(ctx.input_data)
+        if ctx.input_data == 2:
+            await trio.sleep(1)
+            ctx.bail({"found": ctx.input_data})
+        await trio.sleep(10)
+        return ctx.input_data
+
+    workflow = (
+        trioflow.create_workflow(id="search")
+        .foreach(trioflow.create_step(id="look", execute=item), concurrency=2)
+        .commit()
+    )
+    if durable:
+        async with trioflow.open_engine(
+            storage=trioflow.MemoryStorage(), workflows=[workflow]
+        ) as engine:
+            run = await engine.create_run(workflow)
+            result = await run.start(input_data=[1, 2, 3, 4])
+    else:
+        run = await workflow.create_run()
+        result = await run.start(input_data=[1, 2, 3, 4])
+    assert result.status == "success"
+    assert result.result == {"found": 2}
+    assert result.steps["look"].status == "success"
+    assert started == [1, 2]
+    assert trio.current_time() == 1

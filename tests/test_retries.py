@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 from typing import Any
 
 import pytest
@@ -320,3 +322,163 @@ async def test_steps_that_end_before_their_timeout_leave_no_timers_behind(
     # 1,000 hour-long timeouts were set and each step ended in time: the timer heap
     # holds a bounded handful of them, not one per step until the hour is up.
     assert len(_TIMERS.get().heap) < 70
+
+
+# -- jitter and retry_on ------------------------------------------------------------------
+
+
+async def jittered_times(seed: int, jitter: float = 0.5) -> list[float]:
+    """The virtual times of the attempts of a step that always fails, retried 4 times
+    after 1, 2, 4, 8 seconds plus jitter drawn from ``random.Random(seed)``."""
+    attempts: list[tuple[int, float]] = []
+    config = trioflow.RetryConfig(
+        attempts=4, delay=1, backoff=2, jitter=jitter, rng=random.Random(seed)
+    )
+    workflow = (
+        trioflow.create_workflow(id="retrying", retry_config=config)
+        .then(trioflow.create_step(id="call", execute=flaky(attempts)))
+        .commit()
+    )
+    start = trio.current_time()
+    result = await (await workflow.create_run()).start()
+    assert result.status == "failed"
+    return [t - start for _, t in attempts]
+
+
+def jittered_run(seed: int, jitter: float = 0.5) -> list[float]:
+    """`jittered_times` in a fresh ``trio.run`` on a fresh MockClock: a whole program."""
+    return trio.run(
+        jittered_times, seed, jitter, clock=trio.testing.MockClock(autojump_threshold=0)
+    )
+
+
+def test_jitter_gives_the_same_virtual_times_for_the_same_seed() -> None:
+    first = jittered_run(7)
+    assert first == jittered_run(7)  # exactly: the same program, the same times
+    assert first != jittered_run(8)
+    # Each delay is its back-off plus up to half of it, drawn from the seeded source.
+    rng = random.Random(7)
+    expected, t = [0.0], 0.0
+    for base in (1, 2, 4, 8):
+        t += base + base * 0.5 * rng.random()
+        expected.append(t)
+    assert first == pytest.approx(expected)
+    assert first != pytest.approx([0, 1, 3, 7, 15])  # the jitter did add something
+
+
+async def test_no_jitter_waits_exactly_the_back_off(autojump_clock: trio.testing.MockClock) -> None:
+    assert await jittered_times(1, 0.0) == [0, 1, 3, 7, 15]
+
+
+def test_jitter_is_added_after_the_max_delay_cap() -> None:
+    rng = random.Random(3)
+    config = trioflow.RetryConfig(delay=10, max_delay=4, jitter=1.0, rng=random.Random(3))
+    assert config.delay_before(1) == 4 + 4 * rng.random()
+
+
+async def test_retry_on_fails_a_non_matching_exception_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    calls: list[tuple[str, float]] = []
+    errors = iter([ConnectionError("flaky network"), ValueError("bad input"), None])
+
+    async def execute(ctx: trioflow.StepContext[Any]) -> str:
+        calls.append((f"attempt {ctx.retry_count}", trio.current_time()))
+        error = next(errors)
+        if error is not None:
+            raise error
+        return "ok"
+
+    config = trioflow.RetryConfig(attempts=5, delay=1, retry_on=(ConnectionError, TimeoutError))
+    workflow = (
+        trioflow.create_workflow(id="retrying", retry_config=config)
+        .then(trioflow.create_step(id="call", execute=execute))
+        .commit()
+    )
+    result = await (await workflow.create_run()).start()
+    assert result.status == "failed"
+    assert isinstance(result.error, ValueError)
+    assert calls == [("attempt 0", 0), ("attempt 1", 1)]  # the ValueError was not retried
+    assert trio.current_time() == 1
+
+
+async def test_retry_on_matches_subclasses(autojump_clock: trio.testing.MockClock) -> None:
+    attempts: list[tuple[int, float]] = []
+    config = trioflow.RetryConfig(attempts=2, retry_on=(OSError,))  # ConnectionError is one
+    workflow = (
+        trioflow.create_workflow(id="retrying", retry_config=config)
+        .then(trioflow.create_step(id="call", execute=flaky(attempts, succeed_on=2)))
+        .commit()
+    )
+    assert (await (await workflow.create_run()).start()).status == "success"
+    assert [n for n, _ in attempts] == [0, 1, 2]
+
+
+# -- validation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "names"),
+    [
+        ({"attempts": -1}, ValueError, "attempts"),
+        ({"attempts": 1.5}, TypeError, "attempts"),
+        ({"attempts": True}, TypeError, "attempts"),
+        ({"attempts": "3"}, TypeError, "attempts"),
+        ({"delay": -1}, ValueError, "delay"),
+        ({"delay": math.nan}, ValueError, "delay"),
+        ({"delay": math.inf}, ValueError, "delay"),
+        ({"delay": "1"}, TypeError, "delay"),
+        ({"delay": False}, TypeError, "delay"),
+        ({"backoff": 0.5}, ValueError, "backoff"),
+        ({"backoff": math.nan}, ValueError, "backoff"),
+        ({"backoff": math.inf}, ValueError, "backoff"),
+        ({"backoff": None}, TypeError, "backoff"),
+        ({"max_delay": -0.1}, ValueError, "max_delay"),
+        ({"max_delay": math.nan}, ValueError, "max_delay"),
+        ({"max_delay": math.inf}, ValueError, "max_delay"),
+        ({"jitter": -0.1}, ValueError, "jitter"),
+        ({"jitter": 1.5}, ValueError, "jitter"),
+        ({"jitter": math.nan}, ValueError, "jitter"),
+        ({"jitter": "0.1"}, TypeError, "jitter"),
+        ({"retry_on": ValueError}, TypeError, "retry_on"),
+        ({"retry_on": [ValueError]}, TypeError, "retry_on"),
+        ({"retry_on": ()}, TypeError, "retry_on"),
+        ({"retry_on": (ValueError, "KeyError")}, TypeError, "retry_on"),
+        ({"retry_on": (KeyboardInterrupt,)}, TypeError, "retry_on"),
+        ({"rng": 42}, TypeError, "rng"),
+    ],
+)
+def test_a_bad_retry_config_is_refused_naming_the_parameter(
+    options: dict[str, Any], error: type[Exception], names: str
+) -> None:
+    with pytest.raises(error, match=rf"RetryConfig: {names} must"):
+        trioflow.RetryConfig(**options)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "names"),
+    [
+        ({"retries": -1}, ValueError, "retries"),
+        ({"retries": True}, TypeError, "retries"),
+        ({"retries": 2.0}, TypeError, "retries"),
+        ({"timeout": 0}, ValueError, "timeout"),
+        ({"timeout": -5}, ValueError, "timeout"),
+        ({"timeout": math.nan}, ValueError, "timeout"),
+        ({"timeout": math.inf}, ValueError, "timeout"),
+        ({"timeout": True}, TypeError, "timeout"),
+        ({"timeout": "5"}, TypeError, "timeout"),
+    ],
+)
+def test_a_bad_step_retries_or_timeout_is_refused_naming_the_parameter(
+    options: dict[str, Any], error: type[Exception], names: str
+) -> None:
+    async def execute(ctx: trioflow.StepContext[Any]) -> None:
+        pass
+
+    with pytest.raises(error, match=rf"step 'call': {names} must"):
+        trioflow.create_step(id="call", execute=execute, **options)
+
+
+def test_a_retry_config_that_is_not_one_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"retry_config must be a trioflow\.RetryConfig"):
+        trioflow.create_workflow(id="wf", retry_config={"attempts": 3})  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 import trio
+import trio.testing
 
 import trioflow
 
@@ -161,19 +162,27 @@ async def test_run_id_workflow_id_and_retry_count() -> None:
     assert seen == [("run-42", "ids", 0), ("run-42", "ids", 1), ("run-42", "ids", 2)]
 
 
-async def test_abort_signal_is_the_runs_signal() -> None:
+async def test_a_steps_abort_signal_follows_the_runs_signal() -> None:
+    """Each step gets its own signal, aborted with the run's and with the same reason."""
     signals: list[trioflow.AbortSignal] = []
 
     @trioflow.step(id="s")
     async def s(ctx: trioflow.StepContext[Any]) -> None:
         signals.append(ctx.abort_signal)
+        assert ctx.abort_signal is signals[0]  # one signal for the whole step
+        await trio.sleep_forever()
 
     run = await trioflow.create_workflow(id="wf").then(s).commit().create_run()
-    await run.start()
-    assert len(signals) == 1
-    assert isinstance(signals[0], trioflow.AbortSignal)
-    assert signals[0] is run.abort_signal
-    assert signals[0].aborted is False
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run.start)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(signals) == 1
+        assert isinstance(signals[0], trioflow.AbortSignal)
+        assert signals[0] is not run.abort_signal
+        assert signals[0].aborted is False
+        await run.cancel("stop")
+    assert signals[0].aborted is True
+    assert signals[0].reason == "stop" == run.abort_signal.reason
 
 
 async def test_get_step_result_and_get_init_data() -> None:

@@ -13,12 +13,15 @@ from ._errors import StepFailedError as StepFailedError
 from ._errors import StepTimeoutError as StepTimeoutError
 from ._errors import StorageError as StorageError
 from ._errors import TrioflowError as TrioflowError
+from ._errors import UnstorableDataError as UnstorableDataError
 from ._errors import ValidationError as ValidationError
 from ._events import EventStream as EventStream
+from ._events import WatchOverflow as WatchOverflow
 from ._events import WorkflowCanceled as WorkflowCanceled
 from ._events import WorkflowEvent as WorkflowEvent
 from ._events import WorkflowFinish as WorkflowFinish
 from ._events import WorkflowStart as WorkflowStart
+from ._events import WorkflowStepOutput as WorkflowStepOutput
 from ._events import WorkflowStepProgress as WorkflowStepProgress
 from ._events import WorkflowStepResult as WorkflowStepResult
 from ._events import WorkflowStepStart as WorkflowStepStart
@@ -29,6 +32,7 @@ from ._events import encode_event as encode_event
 from ._results import CancelResult as CancelResult
 from ._results import RunResult as RunResult
 from ._results import StepResult as StepResult
+from ._retry import RetryConfig as RetryConfig
 from ._run import Run as Run
 from ._step import ConditionContext as ConditionContext
 from ._step import Step as Step
@@ -39,7 +43,6 @@ from ._util import fixup_module_metadata as _fixup_module_metadata
 from ._web_entry import http_app as http_app
 from ._web_entry import serve_http as serve_http
 from ._worker import serve_worker as serve_worker
-from ._workflow import RetryConfig as RetryConfig
 from ._workflow import Workflow as Workflow
 from ._workflow import create_workflow as create_workflow
 from .storage import MemoryStorage as MemoryStorage
@@ -77,12 +80,15 @@ __all__ = [
     "Storage",
     "StorageError",
     "TrioflowError",
+    "UnstorableDataError",
     "ValidationError",
+    "WatchOverflow",
     "Workflow",
     "WorkflowCanceled",
     "WorkflowEvent",
     "WorkflowFinish",
     "WorkflowStart",
+    "WorkflowStepOutput",
     "WorkflowStepProgress",
     "WorkflowStepResult",
     "WorkflowStepStart",

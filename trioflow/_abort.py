@@ -81,6 +81,18 @@ class _Entry:
         self.removed = False
 
 
+_UNHASHABLE: Final = object()
+
+
+def _key(listener: object) -> object:
+    """The dict key of a listener: itself, or `_UNHASHABLE` for an unhashable callable."""
+    try:
+        hash(listener)
+    except TypeError:
+        return _UNHASHABLE
+    return listener
+
+
 class _Dependents:
     """A source's dependent signals: weak and ordered, plus strong pins for the ones that
     have listeners (the DOM keeps those alive while a source can still abort them)."""
@@ -119,7 +131,10 @@ class AbortSignal:
             )
         self._aborted = False
         self._reason: object = None
-        self._listeners: list[_Entry] | None = None
+        # Insertion-ordered, keyed by the listener itself (equal listeners share a key),
+        # so that add and remove are O(1): a step that adds a listener on every iteration
+        # of a long loop must not make each add scan all the earlier ones.
+        self._listeners: dict[object, _Entry] | None = None
         self._handler: _Entry | None = None
         self._event: trio.Event | None = None
         self._dependents: _Dependents | None = None
@@ -169,24 +184,35 @@ class AbortSignal:
             return
         listeners = self._listeners
         if listeners is None:
-            listeners = self._listeners = []
-        else:
-            for entry in listeners:
-                if entry is not self._handler and entry.callback == listener:
-                    return
-        listeners.append(_Entry(listener, once))
+            listeners = self._listeners = {}
+        key = _key(listener)
+        if key in listeners or (key is _UNHASHABLE and self._find(listener) is not None):
+            return
+        entry = _Entry(listener, once)
+        listeners[entry if key is _UNHASHABLE else key] = entry
         self._pin()
 
     def remove_event_listener(self, type: str, listener: Listener) -> None:
         """Remove ``listener`` (compared with ``==``); a listener not added is ignored."""
         _check_type(type)
+        entry = self._find(listener)
+        if entry is not None:
+            self._drop(entry)
+
+    def _find(self, listener: Listener) -> _Entry | None:
+        """The entry of an added listener equal to `listener`: one dict lookup, so adding
+        and removing cost the same however many listeners a signal has."""
         listeners = self._listeners
         if listeners is None:
-            return
-        for entry in listeners:
+            return None
+        key = _key(listener)
+        if key is not _UNHASHABLE:
+            entry = listeners.get(key)
+            return entry if entry is not None and entry is not self._handler else None
+        for entry in listeners.values():  # an unhashable callable: compare one by one
             if entry is not self._handler and entry.callback == listener:
-                self._drop(entry)
-                return
+                return entry
+        return None
 
     addEventListener = add_event_listener  # the Web API name
     removeEventListener = remove_event_listener  # the Web API name
@@ -217,15 +243,18 @@ class AbortSignal:
         if self._aborted:
             return  # kept for the getter; it will never run
         if self._listeners is None:
-            self._listeners = []
-        self._listeners.append(entry)
+            self._listeners = {}
+        self._listeners[entry] = entry  # keyed by itself: never equal to a listener
         self._pin()
 
     def _drop(self, entry: _Entry) -> None:
         entry.removed = True
         listeners = self._listeners
         if listeners is not None:
-            listeners.remove(entry)
+            key = entry if entry is self._handler else _key(entry.callback)
+            if listeners.get(key) is not entry:
+                key = entry  # an unhashable callable is keyed by its entry
+            listeners.pop(key, None)
             if not listeners:
                 self._listeners = None
                 self._unpin()
@@ -295,7 +324,7 @@ class AbortSignal:
         if listeners is not None:
             target_event = AbortEvent(self)
             # Iterate a copy and check ``removed``: removal during dispatch must stick.
-            for entry in tuple(listeners):
+            for entry in tuple(listeners.values()):
                 if entry.removed:
                     continue
                 if entry.once:
@@ -366,6 +395,35 @@ class AbortSignal:
                 source._dependents = _Dependents()
             source._dependents.weak[id(result)] = result
         return result
+
+    def _derive(self) -> AbortSignal:
+        """A dependent signal of this one alone (``any([self])``, without the checks): a
+        step's own signal, dropped with `_release` when the step ends."""
+        result = AbortSignal(_PRIVATE)
+        if self._aborted:
+            result._reason = self._reason
+            result._aborted = True
+            result._sources = ()
+            return result
+        sources = (self,) if self._sources is None else self._sources
+        result._sources = sources
+        for source in sources:
+            if source._dependents is None:
+                source._dependents = _Dependents()
+            source._dependents.weak[id(result)] = result
+        return result
+
+    def _release(self) -> None:
+        """Stop following this dependent signal's sources: whatever it was for has ended,
+        and its listeners must not pile up on them (nor keep it alive) for the rest of
+        the run."""
+        for source in self._sources or ():
+            dependents = source._dependents
+            if dependents is not None:
+                dependents.weak.pop(id(self), None)
+                dependents.pinned.pop(id(self), None)
+        if self._sources:
+            self._sources = ()
 
     @staticmethod
     def timeout(seconds: float) -> AbortSignal:
@@ -458,12 +516,24 @@ class _Timers:
         return timer
 
     def dropped(self, timer: Timer) -> None:
-        # Cancelled timers are skipped when they come due; once they are most of the
-        # heap it is rebuilt, so a loop of steps with long timeouts keeps it small.
         self.stale += 1
-        if self.stale > 32 and self.stale * 2 > len(self.heap):
-            self.heap[:] = [entry for entry in self.heap if entry[2].timers is not None]
-            heapq.heapify(self.heap)
+        heap = self.heap
+        if heap[0][2] is timer:
+            # The earliest timer went: pop the cancelled ones off the top and sleep only
+            # until the next live deadline. Left in place, the timer task would wake at
+            # the dead deadline, and under MockClock autojump would jump straight to it
+            # (a step that ended at t=0.1 with timeout=30 moved virtual time to t=30).
+            while heap and heap[0][2].timers is None:
+                heapq.heappop(heap)
+                self.stale -= 1
+            if self.scope is not None:
+                self.scope.deadline = heap[0][0] if heap else math.inf
+        # Cancelled timers deeper in the heap are skipped when they come due; once they
+        # are most of it the heap is rebuilt, so a loop of steps with long timeouts keeps
+        # it small.
+        if self.stale > 32 and self.stale * 2 > len(heap):
+            heap[:] = [entry for entry in heap if entry[2].timers is not None]
+            heapq.heapify(heap)
             self.stale = 0
 
     async def serve(self) -> None:

@@ -19,7 +19,7 @@ import trio
 
 from . import _snapshot
 from ._clock import wall_time
-from ._errors import StorageError
+from ._errors import StorageError, UnstorableDataError
 from ._results import RunStatus
 from ._schema import convert
 from .storage import RunRow, RunSummary, Storage
@@ -30,9 +30,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("trioflow")
 
-# A snapshot write is cleanup that must survive cancellation, but never hang forever.
-SAVE_TIMEOUT = 30.0
 RECOVER_BATCH = 100
+# A run whose execution breaks down the same way this many times in a row (here, or
+# after each recovery) is recorded 'failed' instead of being retried for ever.
+FAULTS_BEFORE_FAILING = 3
+# How often `cancel()` tries to store a run's 'canceled' before it gives up.
+STORE_CANCELED_ATTEMPTS = 3
 
 
 class Engine:
@@ -65,6 +68,10 @@ class Engine:
         # Cancel requests seen for runs this engine holds but had not made live yet.
         self._early_cancels: dict[str, str | None] = {}
         self._slot_freed = trio.Event()
+        # run id -> (what went wrong, how many times in a row): see `_contain`.
+        self._faults: dict[str, tuple[str, int]] = {}
+        # Runs whose stored snapshot cannot be read: logged once, then left alone.
+        self._unreadable: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<trioflow.Engine on {self.storage!r}: {len(self._live)} executing>"
@@ -116,7 +123,7 @@ class Engine:
             await trio.lowlevel.checkpoint()
             return live
         row = await self.storage.load(run_id)
-        return self._rebuild(row.snapshot, row.workflow_id, run_id)
+        return self._rebuild(row)
 
     async def list_runs(
         self,
@@ -143,11 +150,15 @@ class Engine:
                 f"pass it in open_engine(workflows=[...]) (known: {sorted(self.workflows)})"
             ) from None
 
-    def _rebuild(self, data: bytes, workflow_id: str, run_id: str) -> Run:
+    def _rebuild(self, row: RunRow) -> Run:
+        """The run of a stored row, as a handle of this engine."""
         from ._run import Run
 
-        snapshot = _snapshot.decode(run_id, data)
-        return Run._from_snapshot(self._workflow(workflow_id), snapshot, self)
+        run = Run._from_snapshot(
+            self._workflow(row.workflow_id), _snapshot.decode(row.run_id, row.snapshot), self
+        )
+        run._stored_status = row.status
+        return run
 
     async def _claim(self, run: Run, statuses: tuple[str, ...]) -> bool:
         """Take `run` for this engine if it is in one of `statuses` and nobody else
@@ -158,13 +169,15 @@ class Engine:
         )
         if row is None:
             return False
-        run._load(_snapshot.decode(run.run_id, row.snapshot))
+        run._load_row(row)
         self._add_live(run)
         return True
 
     def _add_live(self, run: Run) -> None:
         self._live[run.run_id] = run
         self._live_changed.set()
+        if run.run_id in self._early_cancels:  # asked before it became live here
+            run._request_cancel(self._early_cancels.pop(run.run_id), cancel_scope=True)
 
     def _drop_live(self, run: Run) -> None:
         if self._live.get(run.run_id) is run:
@@ -175,41 +188,97 @@ class Engine:
         self._nursery.start_soon(self._drive, run, name=f"trioflow run {run.run_id}")
 
     async def _drive(self, run: Run) -> None:
+        """Execute `run`: the containment boundary of one run. Whatever escapes its
+        execution (an exception group from its nursery included) is that run's fault,
+        never the engine's: the other runs and the engine go on."""
+        again = True
+        while again:
+            again = False
+            try:
+                await run._execute()
+            except Exception as exc:
+                again = await self._contain(run, exc)
+            except BaseExceptionGroup as group:  # errors mixed with our own cancellation
+                errors, rest = group.split(Exception)
+                if errors is not None:
+                    await self._contain(run, errors)
+                if rest is not None:
+                    raise rest from None
+            else:
+                self._faults.pop(run.run_id, None)
+            finally:
+                self._drop_live(run)
+            if again:
+                # Started here and nothing of it stored yet (its first write failed):
+                # no other engine can recover it, so this one tries again.
+                await trio.sleep(_backoff(self.poll_interval, 1, self.lease_seconds / 3))
+                self._add_live(run)
+
+    async def _contain(self, run: Run, exc: Exception) -> bool:
+        """A run's execution broke down (storage unreachable, a bug): park it, as last
+        stored, for recovery (here or elsewhere) once its lease expires; the third time
+        in a row it breaks down the same way, record it 'failed' with the error. True
+        when this engine must execute it again itself (nothing of it is stored)."""
+        error = _first_leaf(exc)
+        what = f"{type(error).__qualname__}: {error}"
+        previous, count = self._faults.get(run.run_id, ("", 0))
+        count = count + 1 if previous == what else 1
+        self._faults[run.run_id] = (what, count)
+        if count < FAULTS_BEFORE_FAILING:
+            logger.error(
+                "run %s stopped (%s); it stays as last stored and will be recovered",
+                run.run_id,
+                what,
+                exc_info=exc,
+            )
+            return run._stored_status == "pending" and not run.cancel_requested
+        logger.error(
+            "run %s stopped %d times in a row (%s); recording it 'failed'",
+            run.run_id,
+            count,
+            what,
+            exc_info=exc,
+        )
+        del self._faults[run.run_id]
+        run._give_up(error)
         try:
-            await run._execute()
-        except StorageError:
-            # One run that cannot be stored must not stop the others: it stays as last
-            # stored, and is recovered (here or elsewhere) once its lease expires.
-            logger.exception("run %s stopped: its state could not be stored", run.run_id)
-        finally:
-            self._drop_live(run)
+            await self._save(run, release=True)
+        except Exception:
+            logger.exception("run %s: its failure could not be stored either", run.run_id)
+        return False
 
     async def _save(self, run: Run, *, release: bool) -> None:
-        """Write the run's snapshot (shielded and bounded: a recorded transition is
-        never lost to a cancellation). A write that loses its compare-and-set means
+        """Write the run's snapshot, shielded: a recorded transition is never lost to a
+        cancellation. Bounded in real time by the storage itself (SQLite's busy timeout,
+        PostgreSQL's timeouts), never by a Trio deadline: under MockClock, autojump
+        would jump straight to it. Data msgspec cannot encode fails the run, not the
+        write (`Run._drop_unstorable`). A write that loses its compare-and-set means
         another process ended or took the run: this execution stops without a trace."""
         if run._lost:
             return
         if run._save_lock is None:
             run._save_lock = trio.Lock()
         lock = run._save_lock
-        with trio.move_on_after(SAVE_TIMEOUT, shield=True) as scope:
+        with trio.CancelScope(shield=True):
             try:  # uncontended (one save at a time): no extra pass through the scheduler
                 lock.acquire_nowait()
             except trio.WouldBlock:
                 await lock.acquire()
             try:
-                data = run._encode_snapshot()
+                try:
+                    data = run._encode_snapshot()
+                except UnstorableDataError:
+                    run._drop_unstorable()
+                    data = run._encode_snapshot()
+                status = run._status
                 saved = await self.storage.save(
-                    run.run_id, run._status, data, self.owner_id, wall_time(), release=release
+                    run.run_id, status, data, self.owner_id, wall_time(), release=release
                 )
             finally:
                 lock.release()
-        if scope.cancelled_caught:
-            raise StorageError(
-                f"saving run {run.run_id!r} took over {SAVE_TIMEOUT:g}s; is the storage locked?"
-            )
-        if not saved:
+        if saved:
+            run._stored_status = status
+        else:
             logger.warning(
                 "run %s was ended or taken over by another process; stopping here", run.run_id
             )
@@ -217,27 +286,53 @@ class Engine:
             if run._scope is not None:
                 run._scope.cancel()
 
+    async def _store_canceled(self, run: Run) -> None:
+        """Make sure the 'canceled' that `cancel()` is about to report is stored: try
+        again if the run's final write failed; `StorageError` if it keeps failing (the
+        stored cancel request still wins: recovery finishes the run 'canceled')."""
+        for attempt in range(STORE_CANCELED_ATTEMPTS):
+            if run._stored_status == "canceled" or run._lost:
+                return
+            if attempt:
+                await trio.sleep(self.poll_interval * 2**attempt)
+            try:
+                await self._save(run, release=True)
+            except StorageError as exc:
+                error = exc
+        if run._stored_status != "canceled" and not run._lost:
+            raise StorageError(
+                f"run {run.run_id!r} was canceled, but 'canceled' could not be stored "
+                f"({error}); its stored cancel request stands: the run will not go on, "
+                "and the engine that recovers it records it 'canceled'"
+            )
+
     async def _cancel_elsewhere(self, run: Run, reason: object) -> RunStatus:
         """Cancel a run this engine does not execute: in storage at once if nobody
         executes it, else by a request its executor notices; returns once the stored
         run has ended."""
-        text = None if reason is None else str(reason)
+        text = _snapshot.reason_text(reason)
         storage = self.storage
         status = await storage.request_cancel(run.run_id, text, wall_time())
-        delay = min(0.002, self.poll_interval)
+        if status not in ("success", "failed", "canceled"):
+            # Taken by this engine meanwhile (a start racing this cancel)? Its request
+            # came through our own connection, which SQLite's data_version does not see.
+            self._early_cancels[run.run_id] = text
+            live = self._live.get(run.run_id)
+            if live is not None:
+                self._add_live(live)  # delivers it
         while status not in ("success", "failed", "canceled"):
-            # The executor usually answers within one of its polls: look again soon,
-            # then back off to our own poll interval.
-            await trio.sleep(delay)
-            delay = min(delay * 2, self.poll_interval)
+            # Until the executor stores the outcome: notified where the storage can
+            # (PostgreSQL), else polled soon, then every poll interval.
+            await storage.wait_run_ended(run.run_id, self.poll_interval)
             row = await storage.load(run.run_id)
             status = row.status
             held = row.owner is not None and (row.lease_until or 0) >= wall_time()
             if status not in ("success", "failed", "canceled") and not held:
                 # Nobody executes it (any more): its executor suspended it or died.
                 status = await storage.request_cancel(run.run_id, text, wall_time())
+        self._early_cancels.pop(run.run_id, None)
         row = await storage.load(run.run_id)
-        run._load(_snapshot.decode(run.run_id, row.snapshot))
+        run._load_row(row)
         return row.status
 
     async def _wait_stored(self, run: Run) -> None:
@@ -245,7 +340,7 @@ class Engine:
         while True:
             row = await self.storage.load(run.run_id)
             if row.status not in ("pending", "running", "waiting"):
-                run._load(_snapshot.decode(run.run_id, row.snapshot))
+                run._load_row(row)
                 return
             await trio.sleep(self.poll_interval)
 
@@ -261,14 +356,16 @@ class Engine:
         if self.workers:
             self._nursery.start_soon(self._serve_queue, name="trioflow queue")
         task_status.started()
+        # Leases expire on the wall clock, so they are renewed by it too: under a
+        # MockClock Trio's time may run far ahead of (or behind) the wall clock.
         renew_every = self.lease_seconds / 3
         recover_every = self.lease_seconds / 2
-        next_renew = trio.current_time() + renew_every
-        next_recover = trio.current_time() + recover_every
+        next_renew = wall_time() + renew_every
+        next_recover = wall_time() + recover_every
         seen_version: int | None = None
         while True:
             await trio.sleep(self.poll_interval)
-            now = trio.current_time()
+            now = wall_time()
             try:
                 if now >= next_renew:
                     next_renew = now + renew_every
@@ -281,11 +378,15 @@ class Engine:
                 if self._live and not self.storage.notifies_cancels:
                     version = await self.storage.data_version()
                     if version != seen_version:
+                        delivered = True
                         for run_id, reason in await self.storage.cancel_requests(self.owner_id):
                             run = self._live.get(run_id)
                             if run is not None:
                                 run._request_cancel(reason, cancel_scope=True)
-                        seen_version = version
+                            else:  # claimed, not yet live here: look again next tick
+                                delivered = False
+                        if delivered:
+                            seen_version = version
             except StorageError as exc:
                 # A storage locked or unreachable for a while must not stop the runs
                 # executing here: try again at the next tick.
@@ -300,16 +401,19 @@ class Engine:
             limit = max(0, min(limit, self.workers - len(self._live)))
         ids = await self.storage.recoverable(list(self.workflows), now, limit)
         for run_id in ids:
-            if run_id in self._live:
-                continue  # executing here: its lease renewal was late (a locked storage)
+            if run_id in self._live or run_id in self._unreadable:
+                # Executing here (its lease renewal was late: a locked storage), or its
+                # snapshot cannot be read (logged once; left as stored, for a person).
+                continue
             row = await self.storage.claim(
                 run_id, self.owner_id, ("running", "waiting"), now, now + self.lease_seconds
             )
             if row is None:
                 continue  # another engine was faster
             try:
-                run = self._rebuild(row.snapshot, row.workflow_id, run_id)
+                run = self._rebuild(row)
             except Exception:
+                self._unreadable.add(run_id)
                 logger.exception("cannot recover run %s; it is left as stored", run_id)
                 continue
             logger.info("recovering run %s of %s", run_id, row.workflow_id)
@@ -338,15 +442,25 @@ class Engine:
 
     async def _listen_cancels(self) -> None:
         """For storages that notify cancel requests: wait for one, then look."""
+        failures = 0
         while True:
-            await self.storage.wait_cancel_requests()
-            if self._live or self.workers:
-                await self._pass_cancels()
+            try:
+                await self.storage.wait_cancel_requests()
+                if self._live or self.workers:
+                    await self._pass_cancels()
+            except StorageError as exc:
+                # Storage down for a while: the runs executing here go on; look again
+                # (the backend reconnects), backing off to the lease's third.
+                failures += 1
+                logger.warning("waiting for cancel requests failed, retrying: %s", exc)
+                await trio.sleep(_backoff(self.poll_interval, failures, self.lease_seconds / 3))
+            else:
+                failures = 0
 
     def _start_claimed(self, row: RunRow) -> None:
         """Execute a queued run this engine has just taken."""
         try:
-            run = self._rebuild(row.snapshot, row.workflow_id, row.run_id)
+            run = self._rebuild(row)
         except Exception:
             logger.exception("cannot start queued run %s; it is left as stored", row.run_id)
             return
@@ -369,22 +483,33 @@ class Engine:
         runs first, then queued ones, oldest first."""
         workflow_ids = list(self.workflows)
         recover_every = self.lease_seconds / 2
-        next_recover = trio.current_time() + recover_every
+        next_recover = wall_time() + recover_every
+        failures = 0
         while not self._closing:
             self._slot_freed = trio.Event()
-            if trio.current_time() >= next_recover:
-                next_recover = trio.current_time() + recover_every
-                await self._recover()
             free = self.workers - len(self._live)
             taken = 0
-            if free > 0:
-                now = wall_time()
-                rows = await self.storage.claim_queued(
-                    self.owner_id, workflow_ids, free, now, now + self.lease_seconds
-                )
-                for row in rows:
-                    self._start_claimed(row)
-                taken = len(rows)
+            try:
+                if wall_time() >= next_recover:
+                    next_recover = wall_time() + recover_every
+                    await self._recover()
+                    free = self.workers - len(self._live)
+                if free > 0:
+                    now = wall_time()
+                    rows = await self.storage.claim_queued(
+                        self.owner_id, workflow_ids, free, now, now + self.lease_seconds
+                    )
+                    for row in rows:
+                        self._start_claimed(row)
+                    taken = len(rows)
+            except StorageError as exc:
+                # A worker outlives a storage outage: its runs go on, it takes new ones
+                # once the storage answers again.
+                failures += 1
+                logger.warning("taking queued runs failed, retrying: %s", exc)
+                await trio.sleep(_backoff(self.poll_interval, failures, self.lease_seconds / 3))
+                continue
+            failures = 0
             if free > 0 and taken < free:
                 await trio.sleep(self.poll_interval)  # the queue is empty: poll again later
             else:
@@ -411,8 +536,18 @@ async def open_engine(
     With ``workers=N`` the engine is also a worker: it takes queued runs (see
     `Engine.enqueue`) of its workflows and executes at most N runs at once.
     """
-    if not lease_seconds > 0 or not poll_interval > 0 or math.isinf(lease_seconds):
-        raise ValueError("lease_seconds and poll_interval must be positive numbers of seconds")
+    for name, value in (("lease_seconds", lease_seconds), ("poll_interval", poll_interval)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+        if not 0 < value < math.inf:  # NaN too
+            raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+    if not poll_interval < lease_seconds / 2:
+        # An engine that looks less often than that could let its lease lapse between
+        # two renewals, and another engine would take over a run it still executes.
+        raise ValueError(
+            f"poll_interval ({poll_interval:g}s) must be less than half of lease_seconds "
+            f"({lease_seconds:g}s); lower poll_interval or raise lease_seconds"
+        )
     if not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be a whole number >= 0, got {workers!r}")
     workflows = list(workflows)
@@ -445,7 +580,23 @@ async def open_engine(
                     nursery.cancel_scope.cancel()
         finally:
             if engine is not None:
-                with trio.move_on_after(SAVE_TIMEOUT, shield=True):
-                    await storage.release(engine.owner_id)
+                # Shielded, bounded in real time by the storage; an error here must not
+                # replace the body's own exception: the leases expire anyway.
+                with trio.CancelScope(shield=True):
+                    try:
+                        await storage.release(engine.owner_id)
+                    except Exception:
+                        logger.exception("could not release the leases of this engine")
         if body_error is not None:
             raise body_error
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first exception that is not a group: what a log line and a run's error name."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _backoff(base: float, failures: int, cap: float) -> float:
+    return float(min(cap, base * 2 ** min(failures, 16)))

@@ -94,5 +94,20 @@ class SnapshotError(TrioflowError):
         super().__init__(f"cannot read the snapshot of run {run_id!r}: {detail}")
 
 
+class UnstorableDataError(TrioflowError):
+    """A durable run holds a value msgspec cannot encode, so it cannot be stored. The
+    run is recorded ``'failed'`` with this error (the value itself is dropped); unlike
+    `StorageError`, retrying would fail the same way."""
+
+    def __init__(self, run_id: str, where: str, detail: str) -> None:
+        self.run_id = run_id
+        self.where = where
+        super().__init__(
+            f"run {run_id!r} cannot be stored: {where} is not msgspec-encodable ({detail}); "
+            "steps of durable runs must return msgspec-encodable data (Structs, dicts, "
+            "lists, str, numbers...), or declare an output_schema"
+        )
+
+
 class StorageError(TrioflowError):
     """The storage failed (locked, read-only, unreachable); ``__cause__`` has the detail."""

@@ -2,11 +2,20 @@
 
 Events are a tagged union of frozen Structs: encoded with a ``type`` field, and readable
 as ``event.type``. A run with no watcher builds no event at all.
+
+Each watcher has a bounded buffer of its own, so a watcher that stops reading costs the
+run neither time nor unbounded memory: events that find the buffer full are counted and
+dropped for that watcher alone, and the count reaches it as one ``watch-overflow`` event
+once it reads again. ``workflow-finish`` is always delivered, even past the bound, so
+every ``watch()`` ends. (Rejected: a memory channel per watcher. An unbounded one grows
+without limit behind a stalled reader; a bounded one makes ``emit`` choose between
+blocking the run and raising, and cannot say how much was lost.)
 """
 
 from __future__ import annotations
 
-import math
+from collections import deque
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -67,6 +76,22 @@ class WorkflowStepProgress(_Event, frozen=True, kw_only=True, tag="workflow-step
     total: int
 
 
+class WorkflowStepOutput(_Event, frozen=True, kw_only=True, tag="workflow-step-output"):
+    """What a step wrote with ``await ctx.write(data)`` while it runs."""
+
+    type_name: ClassVar[str] = "workflow-step-output"
+    step_id: str
+    data: Any = None
+
+
+class WatchOverflow(_Event, frozen=True, kw_only=True, tag="watch-overflow"):
+    """This watcher's buffer was full: `lost` events were dropped for it (for it alone;
+    the run and other watchers were not affected)."""
+
+    type_name: ClassVar[str] = "watch-overflow"
+    lost: int
+
+
 class WorkflowCanceled(_Event, frozen=True, kw_only=True, tag="workflow-canceled"):
     type_name: ClassVar[str] = "workflow-canceled"
     reason: str | None = None
@@ -86,6 +111,8 @@ WorkflowEvent = (
     | WorkflowStepSuspended
     | WorkflowStepWaiting
     | WorkflowStepProgress
+    | WorkflowStepOutput
+    | WatchOverflow
     | WorkflowCanceled
     | WorkflowFinish
 )
@@ -105,13 +132,16 @@ def decode_event(data: bytes | str) -> WorkflowEvent:
     return _decoder.decode(data)
 
 
+DEFAULT_BUFFER = 1000
+
+
 class EventStream:
     """What `Run.watch()` gives: an async iterator that ends after a `workflow-finish`."""
 
-    __slots__ = ("_finished", "_receive")
+    __slots__ = ("_finished", "_watcher")
 
-    def __init__(self, receive: trio.MemoryReceiveChannel[WorkflowEvent]) -> None:
-        self._receive = receive
+    def __init__(self, watcher: Watcher) -> None:
+        self._watcher = watcher
         self._finished = False
 
     def __aiter__(self) -> EventStream:
@@ -121,29 +151,95 @@ class EventStream:
         if self._finished:
             raise StopAsyncIteration
         try:
-            event = await self._receive.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
+            event = await self._watcher.receive()
+        except trio.EndOfChannel:
             raise StopAsyncIteration from None
         if type(event) is WorkflowFinish:
             self._finished = True
         return event
 
 
+class Watcher:
+    """One watcher's bounded buffer. The run's fan-out calls `send_nowait`, which never
+    blocks; the watcher's task awaits `receive`.
+
+    The buffer holds at most `limit` events, plus the pending ``watch-overflow`` and the
+    ``workflow-finish``, which are let past the bound.
+    """
+
+    __slots__ = ("_buffer", "_closed", "_limit", "_lost", "_lot", "_run_id", "refill")
+
+    def __init__(self, limit: int) -> None:
+        self._buffer: deque[WorkflowEvent] = deque()
+        self._limit = limit
+        # Events dropped since the watcher last had room, not yet reported. Reported
+        # after everything buffered before them, before anything that comes after.
+        self._lost = 0
+        self._run_id = ""
+        self._closed = False
+        self._lot = trio.lowlevel.ParkingLot()
+        # Set for a watch fed by polling (a run executing in another process): awaited
+        # by the reader instead of parking, it waits a while and sends what it found.
+        self.refill: Callable[[], Awaitable[None]] | None = None
+
+    def send_nowait(self, event: WorkflowEvent) -> None:
+        if self._closed:
+            return
+        buffer = self._buffer
+        if len(buffer) >= self._limit and type(event) is not WorkflowFinish:
+            self._lost += 1
+            self._run_id = event.run_id
+            return
+        if self._lost:
+            buffer.append(self._overflow())
+        buffer.append(event)
+        if self._lot:
+            self._lot.unpark_all()
+
+    def close(self) -> None:
+        """No more events: `receive` drains the buffer, then raises `trio.EndOfChannel`."""
+        self._closed = True
+        self._lot.unpark_all()
+
+    async def receive(self) -> WorkflowEvent:
+        while True:
+            if self._buffer or self._lost:
+                # A checkpoint, as `MemoryReceiveChannel.receive` makes: the reader's
+                # own cancellation is seen before it takes an event, so none is lost.
+                await trio.lowlevel.checkpoint()
+                if self._buffer:
+                    return self._buffer.popleft()
+                if self._lost:  # the reader caught up with everything before the loss
+                    return self._overflow()
+            elif self._closed:
+                await trio.lowlevel.checkpoint()
+                raise trio.EndOfChannel
+            elif self.refill is not None:
+                await self.refill()
+            else:
+                await self._lot.park()
+
+    def _overflow(self) -> WatchOverflow:
+        lost, self._lost = self._lost, 0
+        return WatchOverflow(run_id=self._run_id, lost=lost)
+
+
 class Watchers:
-    """The fan-out: each watcher has an unbounded channel, so a slow watcher never
-    slows the run; `emit` is synchronous and in order."""
+    """The fan-out: `emit` is synchronous and in order, and each watcher's buffer is
+    bounded (`Watcher`), so a slow watcher never slows the run.
+
+    `channels` holds anything with ``send_nowait(event)`` and ``close()``: the watchers
+    of `Run.watch()`, and `trioflow.testing`'s recorder.
+    """
 
     __slots__ = ("channels",)
 
     def __init__(self) -> None:
-        self.channels: list[trio.MemorySendChannel[WorkflowEvent]] = []
+        self.channels: list[Watcher] = []
 
     def emit(self, event: WorkflowEvent) -> None:
         for channel in self.channels:
-            try:
-                channel.send_nowait(event)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the watcher left, or its stream was ended by `end_all`
+            channel.send_nowait(event)
 
     def end_all(self) -> None:
         """End every current watch without a ``workflow-finish``: the execution was
@@ -151,25 +247,48 @@ class Watchers:
         for channel in self.channels:
             channel.close()
 
-    def watch(self) -> _WatchContext:
-        return _WatchContext(self)
+    def watch(
+        self, buffer: int = DEFAULT_BUFFER, elsewhere: Elsewhere | None = None
+    ) -> _WatchContext:
+        """A watch of these watchers' events, or, when ``await elsewhere(watcher)``
+        says True as it begins, of the events `elsewhere` feeds the watcher."""
+        return _WatchContext(self, check_buffer(buffer), elsewhere)
+
+
+Elsewhere = Callable[[Watcher], Awaitable[bool]]
+
+
+def check_buffer(buffer: object) -> int:
+    if isinstance(buffer, bool) or not isinstance(buffer, int):
+        raise TypeError(
+            f"watch(buffer=...) takes a whole number of events, got {buffer!r}; the default is 1000"
+        )
+    if buffer < 1:
+        raise ValueError(f"watch(buffer=...) must be at least 1 event, got {buffer!r}")
+    return buffer
 
 
 class _WatchContext:
-    __slots__ = ("_receive", "_send", "_watchers")
+    __slots__ = ("_elsewhere", "_watcher", "_watchers")
 
-    def __init__(self, watchers: Watchers) -> None:
+    def __init__(self, watchers: Watchers, buffer: int, elsewhere: Elsewhere | None) -> None:
         self._watchers = watchers
-        self._send, self._receive = trio.open_memory_channel[WorkflowEvent](math.inf)
+        self._watcher = Watcher(buffer)
+        self._elsewhere = elsewhere
 
     async def __aenter__(self) -> EventStream:
-        self._watchers.channels.append(self._send)
+        # Registered first: an event emitted while `elsewhere` looks is not missed.
+        self._watchers.channels.append(self._watcher)
         try:
-            await trio.lowlevel.checkpoint()
+            if self._elsewhere is not None and await self._elsewhere(self._watcher):
+                self._watchers.channels.remove(self._watcher)
+            else:
+                await trio.lowlevel.checkpoint()
         except BaseException:
-            self._watchers.channels.remove(self._send)
+            if self._watcher in self._watchers.channels:
+                self._watchers.channels.remove(self._watcher)
             raise
-        return EventStream(self._receive)
+        return EventStream(self._watcher)
 
     async def __aexit__(
         self,
@@ -177,6 +296,6 @@ class _WatchContext:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._watchers.channels.remove(self._send)
-        self._send.close()
-        self._receive.close()
+        if self._watcher in self._watchers.channels:
+            self._watchers.channels.remove(self._watcher)
+        self._watcher.close()

@@ -24,6 +24,7 @@ from . import _events as ev
 from ._abort import AbortController, AbortSignal, call_at
 from ._clock import wall_time
 from ._errors import AbortError, StepTimeoutError, ValidationError
+from ._realtime import run_in_thread
 from ._results import StepResult
 from ._schema import convert
 from ._step import Bail, ConditionContext, Step, StepContext, Suspend, call_maybe_async
@@ -151,7 +152,9 @@ def _replayed(run: Run, path: str, *, loop: bool = False) -> StepResult | None:
             return record
         if record.status == "suspended" and not run._is_resuming(path):
             raise SuspendRun(run._suspended_leaves(path))
-    if run.cancel_requested:
+    if run.cancel_requested or run._lost:
+        # Canceled, or another process took the run over (a lost compare-and-set):
+        # checked before every step start, not left to the cancel scope.
         raise StopRun
     return record
 
@@ -285,8 +288,12 @@ async def finish_step(
             step.retries if step.retries is not None else frame.workflow.retry_config.attempts
         ):
             # The common case, without the coroutine layer of retries and timeouts.
-            ctx = StepContext(frame, value, run._signal, resume_data, 0, False)
-            output = await step.execute(ctx)
+            ctx = StepContext(frame, value, run._signal, resume_data, 0, False, step)
+            try:
+                output = await step.execute(ctx)
+            finally:
+                if ctx._signal is not None:
+                    ctx._close()
         else:
             output = await call_step(frame, step, path, value, resume_data)
     except Suspend as exc:
@@ -322,6 +329,7 @@ async def persist(run: Run) -> None:
     are stored by the run's finalizer.)"""
     if run._engine is not None:
         await run._engine._save(run, release=False)
+        run._raise_fault()  # some of the run's data could not be stored: it fails
 
 
 async def call_step(
@@ -332,18 +340,22 @@ async def call_step(
     run = frame.run
     if step.input_schema is not None:  # a step pays for no schema it does not have
         value = convert(value, step.input_schema, step_id=path, what="input")
-    retries = step.retries if step.retries is not None else frame.workflow.retry_config.attempts
+    config = frame.workflow.retry_config
+    retries = step.retries if step.retries is not None else config.attempts
     attempt = 0
     while True:
         try:
             if step.timeout is None:
                 ctx = StepContext(
-                    frame, value, run._signal, resume_data, attempt, not step.is_async
+                    frame, value, run._signal, resume_data, attempt, not step.is_async, step
                 )
-                if step.is_async:
-                    output = await step.execute(ctx)
-                else:
-                    output = await trio.to_thread.run_sync(step.execute, ctx)
+                try:
+                    if step.is_async:
+                        output = await step.execute(ctx)
+                    else:
+                        output = await run_in_thread(step.execute, ctx)
+                finally:
+                    ctx._close()
             else:
                 output = await _call_with_timeout(frame, step, path, value, resume_data, attempt)
             if step.output_schema is None:
@@ -351,11 +363,11 @@ async def call_step(
             return convert(output, step.output_schema, step_id=path, what="output")
         except (Suspend, Bail, AbortError):
             raise
-        except Exception:
-            if attempt >= retries or run.cancel_requested:
+        except Exception as exc:
+            if attempt >= retries or run.cancel_requested or not config.retries(exc):
                 raise
         attempt += 1
-        delay = frame.workflow.retry_config.delay_before(attempt)
+        delay = config.delay_before(attempt)
         if delay > 0:
             run._enter_waiting()  # a back-off is a wait (SPEC §3.5): the run is 'waiting'
             try:
@@ -366,7 +378,7 @@ async def call_step(
                 run._leave_waiting()
         else:
             await trio.lowlevel.checkpoint()
-        if run.cancel_requested:  # a step is never retried once its run is being canceled
+        if run.cancel_requested or run._lost:  # a canceled step is never retried
             raise AbortError("the run was canceled before this step could be retried")
 
 
@@ -378,8 +390,9 @@ async def _call_with_timeout(
     assert step.timeout is not None
     own = AbortController()
     signal = AbortSignal.any([frame.run._signal, own.signal])
-    ctx = _TimedStepContext(frame, value, signal, resume_data, attempt, not step.is_async)
-    ctx._timed_out = own.signal
+    ctx = _TimedStepContext(
+        frame, value, signal, resume_data, attempt, not step.is_async, step, own.signal
+    )
     error = StepTimeoutError(path, step.timeout)
     with trio.CancelScope() as scope:
 
@@ -392,9 +405,10 @@ async def _call_with_timeout(
             if step.is_async:
                 output = await step.execute(ctx)
             else:
-                output = await trio.to_thread.run_sync(step.execute, ctx)
+                output = await run_in_thread(step.execute, ctx)
         finally:
             timer.cancel()  # a step that ended in time leaves nothing in the timer heap
+            ctx._close()
     if own.signal.aborted:
         raise error
     return output
@@ -406,7 +420,22 @@ class _TimedStepContext(StepContext[Any]):
     fails, and the run is not canceled."""
 
     __slots__ = ("_timed_out",)
-    _timed_out: AbortSignal
+
+    def __init__(
+        self,
+        frame: Frame,
+        input_data: Any,
+        signal: AbortSignal,
+        resume_data: Any,
+        retry_count: int,
+        in_thread: bool,
+        step: Step[Any, Any],
+        timed_out: AbortSignal,
+    ) -> None:
+        super().__init__(frame, input_data, signal, resume_data, retry_count, False, step)
+        self._in_thread = in_thread
+        self._signal = signal  # already the step's own: the run's and the timeout's
+        self._timed_out = timed_out
 
     def abort(self, reason: object = None) -> NoReturn:
         if self._timed_out.aborted and not self._frame.run.cancel_requested:
@@ -578,16 +607,25 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
     _begin(run, path, items, key, record)
     slots = trio.Semaphore(node.concurrency)
     failure: list[BaseException] = []
+    bailed: list[Bail] = []
 
     async def item(index: int) -> None:
         try:
             item_key = (*key, index)
             if type(step) is Workflow:
                 child = Frame(run, step, f"{path}.{index}.", items[index])
-                output = await execute_workflow(child, items[index], item_key)
+                try:
+                    output = await execute_workflow(child, items[index], item_key)
+                except BailRun as exc:
+                    output = exc.result  # a bail ends the nested workflow, not the run
             else:
                 assert type(step) is Step
                 output = await call_step(frame, step, path, items[index], None)
+        except Bail as exc:
+            # ctx.bail() in an item ends the run 'success' with its result, as anywhere.
+            if not bailed and not failure:
+                bailed.append(exc)
+                nursery.cancel_scope.cancel()
         except (AbortError, StopRun):
             # ctx.abort() in an item (or its signal's AbortError): the run is canceled,
             # and the foreach is recorded 'canceled' with it, as finish_step does.
@@ -620,16 +658,20 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
             if index in done:
                 continue
             await slots.acquire()
-            if failure or run.cancel_requested:
+            if failure or bailed or run.cancel_requested or run._lost:
                 slots.release()
                 break
             nursery.start_soon(item, index)
-    if failure:
+    if failure or bailed:
         run._cancel_in_flight(key, keep=path)
+    if failure:
         _end(run, path, "failed", error=failure[0], payload=items)
         raise FailRun(failure[0], path)
-    if run.cancel_requested:
+    if run.cancel_requested or run._lost:
         raise StopRun
+    if bailed:
+        _end(run, path, "success", output=bailed[0].result, payload=items)
+        raise BailRun(bailed[0].result)
     outputs = [done[index] for index in range(len(items))]
     _end(run, path, "success", output=outputs, payload=items)
     await persist(run)

@@ -10,8 +10,10 @@ the one terminal outcome.
 from __future__ import annotations
 
 import contextvars
+import logging
 import uuid
 from collections import deque
+from functools import partial
 from itertools import compress
 from operator import is_not
 from typing import TYPE_CHECKING, Any
@@ -20,10 +22,10 @@ import msgspec
 import trio
 
 from . import _events as ev
-from . import _snapshot
+from . import _follow, _snapshot
 from ._abort import AbortController
 from ._clock import wall_time
-from ._errors import RunStateError, ValidationError
+from ._errors import RunStateError, StorageError, UnstorableDataError, ValidationError
 from ._executor import (
     NO_EVENT,
     BailRun,
@@ -49,6 +51,11 @@ from ._workflow import ForeachNode, LoopNode, Node, WaitEventNode, Workflow, nod
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from .storage import RunRow
+
+logger = logging.getLogger("trioflow")
+# The fields of a step record that hold user data (checked when a run cannot be stored).
+_RECORD_DATA = ("output", "payload", "suspend_payload", "resume_payload")
 
 _current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
     "trioflow_current_run", default=None
@@ -66,9 +73,11 @@ class Run:
         "_error",
         "_event_arrived",
         "_executing",
+        "_fault",
         "_in_flight",
         "_input",
         "_lost",
+        "_outputs",
         "_pending_events",
         "_progress",
         "_result",
@@ -79,6 +88,7 @@ class Run:
         "_states",
         "_status",
         "_steps",
+        "_stored_status",
         "_suspended",
         "_waiting",
         "_watchers",
@@ -112,7 +122,13 @@ class Run:
         self._watchers = ev.Watchers()
         self._engine: Engine | None = None
         self._lost = False  # another process ended or took this run: write nothing more
+        # Output events of steps created with store_output_events=True (bounded).
+        self._outputs: list[_snapshot.OutputRecord] = []
         self._save_lock: trio.Lock | None = None
+        # The status of the last snapshot this process stored (None: not stored yet).
+        self._stored_status: RunStatus | None = None
+        # Data of this run could not be stored: the failure that ends the step loop.
+        self._fault: FailRun | None = None
         # The step records as last encoded: (paths, results, encoded members).
         self._encoded: tuple[list[str], list[StepResult], list[bytes]] = ([], [], [])
 
@@ -131,14 +147,24 @@ class Run:
 
     # --- public API -------------------------------------------------------------------
 
-    async def start(self, input_data: Any = None, *, initial_state: Any = None) -> RunResult:
+    async def start(
+        self,
+        input_data: Any = None,
+        *,
+        initial_state: Any = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> RunResult:
         """Execute the run from its first step; the result once it stops executing.
 
-        A run canceled before it started returns its ``'canceled'`` result.
+        A run canceled before it started returns its ``'canceled'`` result. With
+        ``await nursery.start(run.start, input_data)``, the start returns once the run
+        is ``'running'`` (claimed and stored, for a durable run) and the run goes on in
+        the nursery; cancelling that nursery is a cancellation from outside the run.
         """
         await trio.lowlevel.checkpoint()
         if await self._prepare_start(input_data, initial_state):
-            return await self._execute()
+            return await self._execute(task_status)
+        task_status.started()  # canceled before it started: nothing more will happen
         return self.result_nowait()
 
     async def start_soon(self, input_data: Any = None, *, initial_state: Any = None) -> None:
@@ -153,7 +179,8 @@ class Run:
         await trio.lowlevel.checkpoint()
         if await self._prepare_start(input_data, initial_state):
             self._executing = True
-            self._done = trio.Event()
+            if self._done is None or self._done.is_set():
+                self._done = trio.Event()
             engine._start_soon(self)
 
     async def result(self) -> RunResult:
@@ -171,43 +198,85 @@ class Run:
     async def _prepare_start(self, input_data: Any, initial_state: Any) -> bool:
         """Check that the run may start and take it; False for a canceled run."""
         if self._engine is not None and not self._executing:
-            self._load(
-                _snapshot.decode(
-                    self.run_id, (await self._engine.storage.load(self.run_id)).snapshot
+            # While this start loads and claims the run, a cancel() of this handle is a
+            # cancel of a run executing here: it waits for the start and is not raced.
+            self._executing = True
+            self._done = trio.Event()
+            try:
+                return await self._prepare_durable_start(input_data, initial_state)
+            except BaseException:
+                self._executing = False
+                self._done.set()
+                raise
+        return self._prepare_memory_start(input_data, initial_state)
+
+    async def _prepare_durable_start(self, input_data: Any, initial_state: Any) -> bool:
+        engine = self._engine
+        assert engine is not None
+        self._load_row(await engine.storage.load(self.run_id))
+        if self._status == "pending" and not self.cancel_requested:
+            if await engine._claim(self, ("pending",)):
+                self._take_input(input_data, initial_state)
+                return True
+            # Lost the claim: to another process, or to a cancel() that canceled the
+            # pending run in storage meanwhile (then this start returns its result).
+            row = await engine.storage.load(self.run_id)
+            self._load_row(row)
+            if self._status not in ("canceled", "pending"):
+                raise RunStateError(
+                    self.run_id, self._status, f"run {self.run_id!r} was started by another process"
                 )
-            )
+        if self._status == "canceled" or self.cancel_requested:
+            if self._status != "canceled":  # asked while this start was claiming it
+                await engine._cancel_elsewhere(self, self._controller.signal.reason)
+            self._executing = False
+            assert self._done is not None
+            self._done.set()
+            return False
+        raise RunStateError(self.run_id, self._status, self._not_startable())
+
+    def _prepare_memory_start(self, input_data: Any, initial_state: Any) -> bool:
         if self._status == "canceled":
             return False
         if self._status != "pending" or self._executing:
-            raise RunStateError(
-                self.run_id,
-                self._status,
-                f"run {self.run_id!r} was already started (it is {self._status!r}); "
-                "resume it with run.resume() or start a new run with workflow.create_run()",
+            raise RunStateError(self.run_id, self._status, self._not_startable())
+        self._take_input(input_data, initial_state)
+        return True
+
+    def _not_startable(self) -> str:
+        if self._status == "suspended":
+            return (
+                f"run {self.run_id!r} is suspended; continue it with run.resume(), "
+                "or start a new run with create_run()"
             )
-        if self._engine is not None and not await self._engine._claim(self, ("pending",)):
-            raise RunStateError(
-                self.run_id, self._status, f"run {self.run_id!r} was started by another process"
-            )
+        return (
+            f"run {self.run_id!r} was already started (it is {self._status!r}); "
+            "start a new run with create_run()"
+        )
+
+    def _take_input(self, input_data: Any, initial_state: Any) -> None:
         self._input = input_data
         state_schema = self.workflow.state_schema
         if initial_state is not None or state_schema is not None:
             self._states[""] = _initial_state(self.workflow, initial_state)
-        return True
 
     async def resume(
         self,
         step: str | Step[Any, Any] | Workflow | list[str] | None = None,
         resume_data: Any = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> RunResult:
         """Continue a suspended run: `step` (an id, a step, or a nested path list) runs
         again with `resume_data` as ``ctx.resume_data``, validated by its resume schema.
+        With ``await nursery.start(partial(run.resume, step, data))``, a refused resume
+        (wrong state, step or data) raises there, and the start returns once the run is
+        ``'running'`` again, as for `start`.
         """
         await trio.lowlevel.checkpoint()
         engine = self._engine
         if engine is not None and not self._executing:
-            row = await engine.storage.load(self.run_id)
-            self._load(_snapshot.decode(self.run_id, row.snapshot))
+            self._load_row(await engine.storage.load(self.run_id))
         if self._status != "suspended" or self._executing:
             raise RunStateError(self.run_id, self._status, self._not_resumable())
         path = self._suspended_path(step)
@@ -224,7 +293,7 @@ class Run:
         self._steps[path] = msgspec.structs.replace(record, resume_payload=data)
         self._resuming = path
         try:
-            return await self._execute()
+            return await self._execute(task_status)
         finally:
             self._resuming = None
 
@@ -235,36 +304,96 @@ class Run:
         # from the moment cancel() is called, so no step can start in between), and not
         # at all if the caller is already cancelled, as Trio's own primitives do.
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._engine is not None and not self._executing:
+        if isinstance(grace_period, bool) or not isinstance(grace_period, int | float):
+            raise TypeError(f"grace_period must be a number of seconds, got {grace_period!r}")
+        if not grace_period >= 0:  # NaN too
+            raise ValueError(f"grace_period must be >= 0 seconds, got {grace_period!r}")
+        engine = self._engine
+        if engine is not None and not self._executing:
+            live = engine._live.get(self.run_id)
+            if live is not None and live is not self:  # executing here, by another handle
+                return await live.cancel(reason, grace_period=grace_period)
             await trio.lowlevel.cancel_shielded_checkpoint()
-            return cancel_result(await self._engine._cancel_elsewhere(self, reason))
+            return cancel_result(await engine._cancel_elsewhere(self, reason))
+        if engine is not None and not self.cancel_requested:
+            return await self._cancel_durable(engine, reason, grace_period)
         if self._status in TERMINAL and not self._executing:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return cancel_result(self._status)
-        first = self._request_cancel(reason, cancel_scope=False)
+        try:
+            first = self._request_cancel(reason, cancel_scope=False)
+        except BaseException:
+            # A listener raised what abort() does not catch (KeyboardInterrupt): the
+            # run is interrupted all the same before it propagates.
+            if self._executing:
+                self._cancel_scope(grace_period)
+            raise
         if not self._executing:
             if first:
                 self._finish_idle_cancel()
             await trio.lowlevel.cancel_shielded_checkpoint()
             return cancel_result(self._status)
-        scope = self._scope
+        self._cancel_scope(grace_period)
+        if _current_run.get() is self:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return cancel_result("canceled")
         assert self._done is not None
+        await self._done.wait()
+        return cancel_result(self._status)
+
+    async def _cancel_durable(
+        self, engine: Engine, reason: object, grace_period: float
+    ) -> CancelResult:
+        """Cancel a durable run executing here. The request (and its reason) is stored
+        before the run is interrupted, so a crash in between cannot let recovery run the
+        interrupted step again; `'canceled'` is reported only once it is stored."""
+        self.cancel_requested = True  # no step starts from now on
+        try:
+            with trio.CancelScope(shield=True):
+                await engine.storage.request_cancel(
+                    self.run_id, _snapshot.reason_text(reason), wall_time()
+                )
+        except StorageError:
+            logger.warning(
+                "run %s: the cancel request could not be stored; canceling it here",
+                self.run_id,
+                exc_info=True,
+            )
+        finally:
+            self._interrupt(reason, cancel_scope=False)
+            self._cancel_scope(grace_period)
+        if _current_run.get() is self:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return cancel_result("canceled")
+        assert self._done is not None
+        await self._done.wait()
+        if self._status == "canceled" and not self._lost:
+            await engine._store_canceled(self)
+        elif self._lost:  # another process ended it meanwhile: its outcome is the one
+            await engine._wait_stored(self)
+        return cancel_result(self._status)
+
+    def _cancel_scope(self, grace_period: float) -> None:
+        scope = self._scope
         if scope is None:
-            pass  # start_soon has not begun the execution: it will stop before any step
+            pass  # the execution has not begun: it will stop before any step
         elif grace_period > 0:
             scope.deadline = min(scope.deadline, trio.current_time() + grace_period)
         else:
             scope.cancel()
-        if _current_run.get() is self:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return cancel_result("canceled")
-        await self._done.wait()
-        return cancel_result(self._status)
 
-    def watch(self) -> ev._WatchContext:
+    def watch(self, *, buffer: int = ev.DEFAULT_BUFFER) -> ev._WatchContext:
         """``async with run.watch() as events: async for event in events: ...`` — the
-        events from now on, ending after the next ``workflow-finish``."""
-        return self._watchers.watch()
+        events from now on, ending after the next ``workflow-finish``.
+
+        At most `buffer` events wait for this watcher: while it is full, events are
+        dropped for it alone, and it then first receives one ``watch-overflow`` event
+        counting them. ``workflow-finish`` always arrives.
+
+        A durable run that executes in another process (or ended there) is followed
+        through storage: first the output events its steps stored, then its stored
+        transitions, until it ends or suspends."""
+        return self._watchers.watch(buffer, partial(_follow.follow_elsewhere, self))
 
     async def send_event(self, name: str, data: Any = None) -> None:
         """Deliver an event to `.wait_for_event(name, ...)`: kept until waited for.
@@ -312,7 +441,9 @@ class Run:
 
     # --- execution --------------------------------------------------------------------
 
-    async def _execute(self) -> RunResult:
+    async def _execute(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> RunResult:
         self._executing = True
         if self._done is None or self._done.is_set():
             self._done = trio.Event()
@@ -329,9 +460,12 @@ class Run:
         engine = self._engine
         try:
             with scope:
-                if engine is not None:
-                    await engine._save(self, release=False)
                 try:
+                    if engine is not None:
+                        await engine._save(self, release=False)
+                    task_status.started()  # 'running', and stored for a durable run
+                    if engine is not None:
+                        self._raise_fault()
                     output = await execute_workflow(
                         Frame(self, self.workflow, "", self._input), self._input, ()
                     )
@@ -349,13 +483,86 @@ class Run:
                     self._finish(outcome)
                     if engine is not None:
                         await engine._save(self, release=True)
+                    if not self._lost:
+                        self._emit_finish(self._status)
                 else:
                     self._watchers.end_all()
             finally:
                 if engine is not None:
                     engine._drop_live(self)
                 self._done.set()
+        if self._lost and engine is not None:
+            # Another process took the run over (or ended it): its outcome is the result.
+            await engine._wait_stored(self)
         return self.result_nowait()
+
+    def _raise_fault(self) -> None:
+        """Raise the failure recorded when some of the run's data could not be stored."""
+        fault = self._fault
+        if fault is not None:
+            self._fault = None
+            raise fault
+
+    def _drop_unstorable(self) -> None:
+        """Some of the run's data cannot be encoded (a step returned an object, or a
+        str from a non-UTF-8 file name): drop it, and fail the run with an error that
+        names where the first such value came from. The run stays storable and ends
+        alone; the step loop ends at `_raise_fault`."""
+        found: list[tuple[str | None, str, Any]] = []  # (step path, where, value)
+        for path, record in self._steps.items():
+            bad = [name for name in _RECORD_DATA if not _snapshot.encodable(getattr(record, name))]
+            for name in bad:
+                what = "input" if name == "payload" else name.replace("_", " ")
+                found.append((path, f"the {what} of step {path!r}", getattr(record, name)))
+            if bad:
+                self._steps[path] = msgspec.structs.replace(record, **dict.fromkeys(bad))
+        for table, what in ((self._progress, "progress"), (self._states, "state")):
+            for key, value in list(table.items()):
+                if not _snapshot.encodable(value):
+                    found.append((None, f"the {what} kept under {key or 'the run'!r}", value))
+                    del table[key]
+        for name, queue in list(self._pending_events.items()):
+            for data in queue:
+                if not _snapshot.encodable(data):
+                    found.append((None, f"the data of event {name!r}", data))
+                    del self._pending_events[name]
+                    break
+        for attr, where in (("_input", "the run's input"), ("_result", "the run's result")):
+            value = getattr(self, attr)
+            if not _snapshot.encodable(value):
+                found.append((None, where, value))
+                setattr(self, attr, None)
+        culprit: str | None = None
+        where, value = "some of its data", None
+        if found:
+            culprit, where, value = found[0]
+        error = UnstorableDataError(self.run_id, where, _snapshot.unstorable_detail(value))
+        if culprit is not None:
+            self._steps[culprit] = msgspec.structs.replace(
+                self._steps[culprit], status="failed", error=error, ended_at=wall_time()
+            )
+            self._in_flight.pop(culprit, None)
+        if self._executing:  # the step loop ends at `_raise_fault`, the run 'failed'
+            self._fault = FailRun(error, culprit)
+        elif self._status not in ("canceled", "failed"):  # its final write
+            self._status = "failed"
+            self._error = error
+            self._result = None
+
+    def _give_up(self, error: BaseException) -> None:
+        """Record the run ``'failed'`` with `error` after its execution broke down the
+        same way too often; its steps still in flight fail with it."""
+        now = wall_time()
+        for path in list(self._in_flight):
+            del self._in_flight[path]
+            record = self._steps[path]
+            self._steps[path] = msgspec.structs.replace(
+                record, status="failed", error=error, ended_at=now
+            )
+        self._status = "failed"
+        self._error = error
+        self._suspended = []
+        self._emit_finish("failed")
 
     def _finish(self, outcome: BaseException | None) -> None:
         """The one terminal (or suspended) transition of an execution. A requested
@@ -378,10 +585,10 @@ class Run:
         elif isinstance(outcome, BailRun):
             self._result = outcome.result
         self._status = status
-        if self._watchers.channels:
-            self._emit_finish(status)
 
     def _emit_finish(self, status: RunStatus) -> None:
+        if not self._watchers.channels:
+            return
         if status == "canceled":
             reason = self._controller.signal.reason
             self._watchers.emit(
@@ -415,10 +622,17 @@ class Run:
         if self.cancel_requested:
             return False
         self.cancel_requested = True
-        self._controller.abort(reason)
-        if cancel_scope and self._scope is not None:
-            self._scope.cancel()
+        self._interrupt(reason, cancel_scope=cancel_scope)
         return True
+
+    def _interrupt(self, reason: object, *, cancel_scope: bool) -> None:
+        try:
+            self._controller.abort(reason)
+        finally:
+            # Even when a listener raises what abort() does not catch (KeyboardInterrupt):
+            # the run is interrupted before that propagates.
+            if cancel_scope and self._scope is not None:
+                self._scope.cancel()
 
     def _cancel_in_flight(self, key: Key, *, keep: str | None = None) -> None:
         """Record the steps in flight under `key` ``'canceled'``, in declaration order."""
@@ -457,7 +671,10 @@ class Run:
             suspended=self._suspended,
             pending_events={name: list(q) for name, q in self._pending_events.items()},
             cancel_requested=self.cancel_requested,
-            cancel_reason=_reason_text(self) if self.cancel_requested else None,
+            cancel_reason=_snapshot.reason_text(self._controller.signal.reason)
+            if self.cancel_requested
+            else None,
+            outputs=self._outputs,
         )
 
     def _encode_snapshot(self) -> bytes:
@@ -480,6 +697,11 @@ class Run:
         self._encoded = (paths, results, members)
         steps = msgspec.Raw(b"{" + b",".join(members) + b"}") if members else {}
         return _snapshot.encode(self._to_snapshot(steps))
+
+    def _load_row(self, row: RunRow) -> None:
+        """Take the state of the run as stored."""
+        self._load(_snapshot.decode(self.run_id, row.snapshot))
+        self._stored_status = row.status
 
     def _load(self, snapshot: _snapshot.Snapshot) -> None:
         """Take the state of a stored snapshot (a run rebuilt in another process, or a
@@ -505,7 +727,12 @@ class Run:
             name: deque(_retype(data, _event_schema(workflow, name)) for data in queue)
             for name, queue in snapshot.pending_events.items()
         }
-        self.cancel_requested = snapshot.cancel_requested
+        if snapshot.cancel_requested and not self.cancel_requested:
+            # A loaded run reads the stored reason (None: the default AbortError).
+            self.cancel_requested = True
+            if not self._controller.signal.aborted:
+                self._controller.abort(snapshot.cancel_reason)
+        self._outputs = list(snapshot.outputs)
 
     @classmethod
     def _from_snapshot(
@@ -652,12 +879,6 @@ def _find_node(workflow: Workflow, parts: list[str]) -> Node | None:
                     rest = rest[1:]
                 return _find_node(candidate, rest) if rest else None
     return None
-
-
-def _reason_text(run: Run) -> str | None:
-    """Why the run was canceled, as stored (``trioflow runs show`` prints it)."""
-    reason = run._controller.signal.reason
-    return None if reason is None else str(reason)
 
 
 def _initial_state(workflow: Workflow, initial_state: Any) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from ._errors import SnapshotError, StepFailedError
+from ._errors import AbortError, SnapshotError, StepFailedError, UnstorableDataError
 from ._results import RunStatus, StepResult, StepStatus
 
 SNAPSHOT_VERSION = 1
@@ -34,6 +34,30 @@ class StepRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     ended_at: float | None = None
 
 
+class OutputRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored ``workflow-step-output`` (``create_step(..., store_output_events=True)``).
+    `seq` counts the run's stored outputs from 0 and keeps counting when old ones are
+    dropped, so a follower knows which it has already shown."""
+
+    seq: int
+    step_id: str
+    data: Any = None
+    at: float | None = None  # wall-clock time of the write
+
+
+# The stored outputs of a run are bounded: the newest ones are kept. (A snapshot is
+# written whole, so an unbounded list would make every write of a chatty run slower.)
+STORED_OUTPUTS = 1000
+
+
+def append_output(outputs: list[OutputRecord], step_id: str, data: Any, at: float) -> None:
+    """Store one more output event, dropping the oldest beyond `STORED_OUTPUTS`."""
+    seq = outputs[-1].seq + 1 if outputs else 0
+    outputs.append(OutputRecord(seq=seq, step_id=step_id, data=data, at=at))
+    if len(outputs) > STORED_OUTPUTS:
+        del outputs[: len(outputs) - STORED_OUTPUTS]
+
+
 class Snapshot(msgspec.Struct, kw_only=True, omit_defaults=True):
     version: int = SNAPSHOT_VERSION
     run_id: str
@@ -49,6 +73,7 @@ class Snapshot(msgspec.Struct, kw_only=True, omit_defaults=True):
     pending_events: dict[str, list[Any]] = {}
     cancel_requested: bool = False
     cancel_reason: str | None = None
+    outputs: list[OutputRecord] = []
 
 
 _encoder = msgspec.json.Encoder()
@@ -58,10 +83,34 @@ _decoder = msgspec.json.Decoder(Snapshot)
 def error_record(error: BaseException | None, step_id: str | None = None) -> ErrorRecord | None:
     if error is None:
         return None
+    message = storable_text(str(error))
     if isinstance(error, StepFailedError):
-        return ErrorRecord(type=error.type_name, message=str(error), step_id=error.step_id)
+        return ErrorRecord(type=error.type_name, message=message, step_id=error.step_id)
     step_id = getattr(error, "step_id", step_id)
-    return ErrorRecord(type=type(error).__qualname__, message=str(error), step_id=step_id)
+    if not isinstance(step_id, str | None):
+        step_id = None
+    return ErrorRecord(type=type(error).__qualname__, message=message, step_id=step_id)
+
+
+_DEFAULT_ABORT_ARGS = AbortError().args
+
+
+def reason_text(reason: object) -> str | None:
+    """A cancel reason as stored (``trioflow runs show`` prints it); None for no reason
+    given (the default `AbortError`), which a loaded run gets back as such."""
+    if reason is None or (type(reason) is AbortError and reason.args == _DEFAULT_ABORT_ARGS):
+        return None
+    return storable_text(str(reason))
+
+
+def storable_text(text: str) -> str:
+    """`text`, with what UTF-8 cannot hold (lone surrogates) escaped: an error message
+    that names a non-UTF-8 file is still stored."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def error_from_record(record: ErrorRecord | None) -> BaseException | None:
@@ -111,12 +160,32 @@ def encode(snapshot: Snapshot) -> bytes:
 def _encode(run_id: str, value: Any) -> bytes:
     try:
         return _encoder.encode(value)
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise SnapshotError(
-            run_id,
-            f"it holds data msgspec cannot encode ({exc}); steps of durable runs must "
-            "return msgspec-encodable data (Structs, dicts, lists, str, numbers...)",
-        ) from exc
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        # ValueError: UnicodeEncodeError, a str with lone surrogates (os.fsdecode of a
+        # non-UTF-8 file name) that JSON cannot hold.
+        raise UnstorableDataError(run_id, "some of its data", _describe(exc)) from exc
+
+
+def encodable(value: Any) -> bool:
+    """Whether `value` can be stored in a snapshot."""
+    try:
+        _encoder.encode(value)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        return False
+    return True
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).encode('utf-8', 'backslashreplace').decode()}"
+
+
+def unstorable_detail(value: Any) -> str:
+    """Why msgspec cannot encode `value`, for an error message."""
+    try:
+        _encoder.encode(value)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        return f"a {type(value).__name__}: {_describe(exc)}"
+    return f"a {type(value).__name__}"
 
 
 def decode(run_id: str, data: bytes) -> Snapshot:

@@ -7,9 +7,14 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
+import msgspec
 import trio
 
+from . import _events as ev
+from . import _snapshot
+from ._clock import wall_time
 from ._errors import AbortError
+from ._retry import check_count, check_timeout
 
 if TYPE_CHECKING:
     from ._abort import AbortSignal
@@ -59,6 +64,7 @@ class Step(Generic[InputT, OutputT]):
         "plain",
         "resume_schema",
         "retries",
+        "store_output_events",
         "suspend_schema",
         "timeout",
     )
@@ -75,14 +81,20 @@ class Step(Generic[InputT, OutputT]):
         retries: int | None = None,
         timeout: float | None = None,
         description: str | None = None,
+        store_output_events: bool = False,
     ) -> None:
         self.id = check_id("step", id)
         if not callable(execute):
             raise TypeError(f"step {id!r}: execute must be a function of the context")
-        if retries is not None and (not isinstance(retries, int) or retries < 0):
-            raise ValueError(f"step {id!r}: retries must be a whole number >= 0, got {retries!r}")
-        if timeout is not None and not timeout > 0:
-            raise ValueError(f"step {id!r}: timeout must be a number of seconds > 0")
+        if retries is not None:
+            check_count(f"step {id!r}", "retries", retries)
+        timeout = check_timeout(f"step {id!r}", timeout)
+        if not isinstance(store_output_events, bool):
+            raise TypeError(
+                f"step {id!r}: store_output_events must be True or False, "
+                f"got {store_output_events!r}"
+            )
+        self.store_output_events = store_output_events
         self.execute = execute
         self.is_async = inspect.iscoroutinefunction(execute)
         self.input_schema = input_schema
@@ -112,9 +124,12 @@ def create_step(
     retries: int | None = None,
     timeout: float | None = None,
     description: str | None = None,
+    store_output_events: bool = False,
 ) -> Step[Any, Any]:
     """A step. `execute` is ``async def (ctx) -> output``; a plain ``def`` runs in a
-    worker thread. ``retries=None`` takes the workflow's `RetryConfig`."""
+    worker thread. ``retries=None`` takes the workflow's `RetryConfig`.
+    ``store_output_events=True`` stores what it writes with ``ctx.write`` with the
+    run (the newest 1000), so watchers in other processes see it too."""
     return Step(
         id=id,
         execute=execute,
@@ -125,6 +140,7 @@ def create_step(
         retries=retries,
         timeout=timeout,
         description=description,
+        store_output_events=store_output_events,
     )
 
 
@@ -138,6 +154,7 @@ def step(
     retries: int | None = None,
     timeout: float | None = None,
     description: str | None = None,
+    store_output_events: bool = False,
 ) -> Callable[[Execute], Step[Any, Any]]:
     """`create_step` as a decorator: the decorated function is `execute`."""
 
@@ -152,6 +169,7 @@ def step(
             retries=retries,
             timeout=timeout,
             description=description or inspect.getdoc(execute),
+            store_output_events=store_output_events,
         )
 
     return decorate
@@ -160,7 +178,16 @@ def step(
 class StepContext(Generic[InputT]):
     """What a step's `execute` receives."""
 
-    __slots__ = ("_frame", "_in_thread", "abort_signal", "input_data", "resume_data", "retry_count")
+    __slots__ = (
+        "_frame",
+        "_in_thread",
+        "_parent_signal",
+        "_signal",
+        "_step",
+        "input_data",
+        "resume_data",
+        "retry_count",
+    )
 
     def __init__(
         self,
@@ -170,13 +197,65 @@ class StepContext(Generic[InputT]):
         resume_data: Any,
         retry_count: int,
         in_thread: bool,
+        step: Step[Any, Any],
     ) -> None:
         self._frame = frame
         self.input_data = input_data
-        self.abort_signal = abort_signal
         self.resume_data = resume_data
         self.retry_count = retry_count
         self._in_thread = in_thread
+        self._step = step  # what `write` needs, looked up only when a step writes
+        self._parent_signal = abort_signal
+        # The step's own signal, made on first use (most steps never look at it). A
+        # worker-thread step gets it now: a thread must not register it on the run's.
+        self._signal: AbortSignal | None = abort_signal._derive() if in_thread else None
+
+    @property
+    def abort_signal(self) -> AbortSignal:
+        """This step's signal: aborted with the run's (`Run.cancel`) or, for a step with
+        a timeout, at its deadline. Listeners added to it are dropped when the step
+        ends, so a step that never removes its listener leaves nothing behind."""
+        signal = self._signal
+        if signal is None:
+            signal = self._signal = self._parent_signal._derive()
+        return signal
+
+    def _close(self) -> None:
+        """The step has ended: its signal stops following the run's."""
+        if self._signal is not None:
+            self._signal._release()
+
+    async def write(self, data: Any) -> None:
+        """Send `data` to the run's watchers now, as a ``workflow-step-output`` event,
+        in order with the run's other events: tokens of a language model, progress
+        lines, partial results.
+
+        A checkpoint: a cancellation interrupts it, and then nothing is sent. It never
+        waits for a watcher (each has a bounded buffer). A step created with
+        ``store_output_events=True`` also stores `data` with the run (it must then be
+        data msgspec can encode); a durable run writes it to storage before this
+        returns. From a worker-thread step: ``trio.from_thread.run(ctx.write, data)``.
+        """
+        await trio.lowlevel.checkpoint()
+        run = self._frame.run
+        path = self._frame.prefix + self._step.id
+        store = self._step.store_output_events
+        if store:
+            try:  # as JSON and back: what is stored is what another process reads
+                stored = msgspec.json.decode(msgspec.json.encode(data))
+            except (TypeError, UnicodeEncodeError, msgspec.EncodeError) as exc:
+                raise TypeError(
+                    f"step {path!r} stores its output events "
+                    f"(store_output_events=True), so ctx.write() takes data msgspec can "
+                    f"encode (Structs, dicts, lists, str, numbers...): {exc}"
+                ) from exc
+            _snapshot.append_output(run._outputs, path, stored, wall_time())
+        watchers = run._watchers
+        if watchers.channels:
+            watchers.emit(ev.WorkflowStepOutput(run_id=run.run_id, step_id=path, data=data))
+        if store and run._engine is not None:
+            # Shielded and bounded like every snapshot write: once emitted, stored.
+            await run._engine._save(run, release=False)
 
     @property
     def run_id(self) -> str:

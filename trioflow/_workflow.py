@@ -9,37 +9,11 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
+from ._retry import NO_RETRIES, RetryConfig
 from ._step import Step, check_id
 
 if TYPE_CHECKING:
     from ._run import Run
-
-
-class RetryConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Retries of failed steps: `attempts` more tries, the n-th after
-    ``min(delay * backoff**(n-1), max_delay)`` seconds of Trio's clock."""
-
-    attempts: int = 0
-    delay: float = 0.0
-    backoff: float = 1.0
-    max_delay: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.attempts < 0 or self.delay < 0 or self.backoff < 1:
-            raise ValueError(
-                "RetryConfig needs attempts >= 0, delay >= 0 and backoff >= 1, "
-                f"got {self.attempts!r}, {self.delay!r}, {self.backoff!r}"
-            )
-
-    def delay_before(self, retry: int) -> float:
-        """Seconds to wait before retry number `retry` (1 for the first retry)."""
-        delay = self.delay * self.backoff ** (retry - 1)
-        return delay if self.max_delay is None else min(delay, self.max_delay)
-
-
-NO_RETRIES = RetryConfig()
 
 Condition = Callable[[Any], Any]
 
@@ -173,6 +147,11 @@ class Workflow:
         self.input_schema = input_schema
         self.output_schema = output_schema
         self.state_schema = state_schema
+        if retry_config is not None and not isinstance(retry_config, RetryConfig):
+            raise TypeError(
+                f"workflow {id!r}: retry_config must be a trioflow.RetryConfig, "
+                f"got {retry_config!r}"
+            )
         self.retry_config = retry_config or NO_RETRIES
         self.description = description
         self.nodes: tuple[Node, ...] | list[Node] = []

@@ -19,6 +19,7 @@ from .. import _snapshot
 from .._clock import wall_time
 from .._engine import open_engine
 from .._errors import RunNotFoundError, ValidationError
+from .._events import WorkflowStepOutput, encode_event
 from .._run import _find_step
 from .._schema import convert
 from .._snapshot import Snapshot, StepRecord
@@ -281,8 +282,9 @@ async def resume_command(args: argparse.Namespace) -> int:
 
 
 class SnapshotFollower:
-    """Prints what changed between two snapshots of a run: step transitions and
-    ``foreach`` progress (lines of text, or JSON lines)."""
+    """Prints what changed between two snapshots of a run: step transitions,
+    ``foreach`` progress and the output events stored by steps created with
+    ``store_output_events=True`` (lines of text, or JSON lines)."""
 
     def __init__(self, json: bool) -> None:
         self.json = json
@@ -291,6 +293,7 @@ class SnapshotFollower:
         self.progress: dict[str, int] = {}
         self.status: str | None = None
         self.base: float | None = None
+        self.outputs_seen = -1  # the `seq` of the last stored output printed
 
     def elapsed(self, at: float | None) -> float:
         assert self.base is not None
@@ -304,6 +307,7 @@ class SnapshotFollower:
             self.status = snapshot.status
             if self.json:
                 _print_json({"type": "run", "run_id": snapshot.run_id, "status": self.status})
+        changed = []
         for path, record in snapshot.steps.items():
             key = (record.status, record.started_at)
             seen = self.steps.get(path)
@@ -312,8 +316,34 @@ class SnapshotFollower:
                 if seen is None and self.view is not None and record.status in ENDED:
                     # Step starts are not stored: show the one this record implies.
                     self.view.step(self.elapsed(record.started_at), path, "running")
+                changed.append((path, record))
+        # What the steps wrote comes after their starts and before their ends.
+        for path, record in changed:
+            if record.status not in ENDED:
                 self._step(snapshot.run_id, path, record)
+        self._outputs(snapshot)
+        for path, record in changed:
+            if record.status in ENDED:
+                self._step(snapshot.run_id, path, record)
+        for path, record in snapshot.steps.items():
             self._progress(snapshot, path, record)
+
+    def _outputs(self, snapshot: Snapshot) -> None:
+        for output in snapshot.outputs:
+            if output.seq <= self.outputs_seen:
+                continue
+            self.outputs_seen = output.seq
+            if self.view is None:
+                event = WorkflowStepOutput(
+                    run_id=snapshot.run_id, step_id=output.step_id, data=output.data
+                )
+                print(encode_event(event).decode(), flush=True)
+            else:
+                if output.step_id not in self.steps:
+                    # A running step is not stored yet: its first output shows its start.
+                    self.steps[output.step_id] = ("running", None)
+                    self.view.step(self.elapsed(output.at), output.step_id, "running")
+                self.view.output(self.elapsed(output.at), output.step_id, output.data)
 
     def _step(self, run_id: str, path: str, record: StepRecord) -> None:
         if self.view is None:

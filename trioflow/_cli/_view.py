@@ -3,7 +3,9 @@
 Plain text, one line per step transition, so it reads the same in a terminal, a log
 file or a pipe. On a terminal the statuses are coloured (unless ``NO_COLOR`` is set)
 and a ``foreach`` progress bar is redrawn in place; elsewhere every progress event is
-a line of its own.
+a line of its own. Text a step writes (``ctx.write("...")``) is printed as it comes, on
+one line per stretch of writes of a step, as tokens of a language model would be; other
+data a step writes is a line of JSON.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ _COLORS = {
     "suspended": "35",
     "started": "1",
     "running": "1",
+    "output": "2",
 }
 STEP_WIDTH = 18
 BAR_WIDTH = 20
@@ -83,12 +86,14 @@ class TextView:
         self.tty = self.out.isatty()
         self.color = self.tty and not os.environ.get("NO_COLOR")
         self._bar: tuple[str, str] | None = None  # (step path, text) drawn in place
+        self._stream: str | None = None  # the step whose written text ends the last line
 
     def paint(self, text: str, status: str) -> str:
         code = _COLORS.get(status)
         return f"\x1b[{code}m{text}\x1b[0m" if self.color and code else text
 
     def line(self, text: str = "") -> None:
+        self._end_stream()
         if self._bar is not None:
             self.out.write("\r\x1b[K")
         self.out.write(text + "\n")
@@ -104,8 +109,32 @@ class TextView:
         word = self.paint(label, label) + " " * (10 - len(label))
         self.line(f"{elapsed:8.2f}s  {path:<{STEP_WIDTH}} {word} {detail}".rstrip())
 
+    def output(self, elapsed: float, path: str, data: Any) -> None:
+        """What a step wrote: text goes on as it comes; anything else is a line."""
+        if not isinstance(data, str):
+            word = self.paint("output", "output") + " " * 4
+            self.line(f"{elapsed:8.2f}s  {path:<{STEP_WIDTH}} {word} {short_json(data)}")
+            return
+        if self._stream != path:
+            self._end_stream()
+            if self._bar is not None:  # drawn again by the next progress event
+                self.out.write("\r\x1b[K")
+                self._bar = None
+            word = self.paint("output", "output") + " " * 4
+            self.out.write(f"{elapsed:8.2f}s  {path:<{STEP_WIDTH}} {word} ")
+            self._stream = path
+        self.out.write(data)
+        self.out.flush()
+
+    def _end_stream(self) -> None:
+        """A line of something else ends the stretch of text being written."""
+        if self._stream is not None:
+            self._stream = None
+            self.out.write("\n")
+
     def progress(self, elapsed: float, path: str, completed: int, total: int) -> None:
         text = f"{elapsed:8.2f}s  {path:<{STEP_WIDTH}} {bar(completed, total)}"
+        self._end_stream()
         if not self.tty:
             self.line(text)
             return
@@ -282,5 +311,9 @@ class EventRenderer:
             view.step(now, event.step_id, "suspended", seconds(took) + payload)
         elif isinstance(event, ev.WorkflowStepProgress):
             view.progress(now, event.step_id, event.completed, event.total)
+        elif isinstance(event, ev.WorkflowStepOutput):
+            view.output(now, event.step_id, event.data)
+        elif isinstance(event, ev.WatchOverflow):
+            view.line(f"({event.lost} events not shown: the view fell behind the run)")
         elif isinstance(event, ev.WorkflowCanceled):
             self.cancel_reason = event.reason

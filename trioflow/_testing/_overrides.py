@@ -153,6 +153,8 @@ def _fake_step(original: Step[Any, Any] | Workflow, fake: Fake, path: str) -> St
             "output_schema": original.output_schema,
             "resume_schema": original.resume_schema,
             "suspend_schema": original.suspend_schema,
+            # A fake's writes are stored (or not) as the original's would be.
+            "store_output_events": original.store_output_events,
         }
         retries, timeout = original.retries, original.timeout
     if isinstance(fake, Step):

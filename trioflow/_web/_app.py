@@ -159,41 +159,28 @@ class Api:
         return json_response(await run_detail(self.engine, run), status=202)
 
     async def _resume_in_engine(self, run: Run, step: list[str] | None, data: Any) -> None:
-        """Resume `run` in the engine's nursery and return once it executes, or raise
-        what `resume()` raised before it could (a wrong state, step or data)."""
-        refused: list[Exception] = []
+        """Resume `run` in the engine's nursery and return once it executes again, or
+        raise what made `resume()` refuse (a wrong state, step or data)."""
         began = False
-        settled = trio.Event()
 
-        async def resume() -> None:
+        async def resume(task_status: trio.TaskStatus[None]) -> None:
+            nonlocal began
+
+            class Started:
+                def started(self, value: None = None) -> None:
+                    nonlocal began
+                    began = True
+                    task_status.started()
+
             try:
-                await run.resume(step, data)
-            except Exception as exc:
+                await run.resume(step, data, task_status=Started())
+            except Exception:
                 if not began:
-                    refused.append(exc)  # raised before the run executed: the answer
-                else:
-                    logger.exception("run %r: resuming it over HTTP failed", run.run_id)
-            finally:
-                settled.set()
+                    raise  # the answer to the request, raised by nursery.start()
+                # Now in the engine's nursery: the run's fault, never the engine's.
+                logger.exception("run %r: resumed over HTTP, it failed", run.run_id)
 
-        async with run.watch() as events, trio.open_nursery() as nursery:
-
-            async def first_event() -> None:
-                nonlocal began
-                async for _ in events:
-                    began = True  # workflow-start: it executes
-                    break
-                settled.set()
-
-            async def wait_settled() -> None:
-                await settled.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(first_event)
-            nursery.start_soon(wait_settled)
-            self.engine._nursery.start_soon(resume, name=f"trioflow resume {run.run_id}")
-        if refused:
-            raise refused[0]
+        await self.engine._nursery.start(resume, name=f"trioflow resume {run.run_id}")
 
     async def send_event(self, request: Request) -> Response:
         body = await json_body(request, SendEvent)

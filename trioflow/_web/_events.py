@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from .. import _snapshot
 from .._engine import Engine
-from .._events import WorkflowStepProgress, encode_event
+from .._events import WatchOverflow, WorkflowStepOutput, WorkflowStepProgress, encode_event
 from .._results import TERMINAL
 from .._run import Run
 from ._errors import translate
@@ -33,6 +33,9 @@ from ._json import encode, error_text
 from ._types import RunDetail, StepView
 
 POLL_INTERVAL = 0.5
+# Events that leave the run as it was: no `run` frame after them (a step may write
+# thousands of outputs).
+UNCHANGED_BY = (WorkflowStepProgress, WorkflowStepOutput, WatchOverflow)
 KEEPALIVE = 15.0  # a comment line now and then keeps proxies from closing a quiet stream
 
 
@@ -183,7 +186,7 @@ class EventStreamEndpoint:
                     await stream.keepalive_if_quiet()
                     continue
                 await stream.write(frame(event.type, encode_event(event)))
-                if type(event) is not WorkflowStepProgress:
+                if not isinstance(event, UNCHANGED_BY):
                     await stream.detail(run)
 
 

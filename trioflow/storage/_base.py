@@ -9,7 +9,9 @@ import abc
 from typing import Any, ClassVar
 
 import msgspec
+import trio
 
+from .._clock import wall_time
 from .._results import RunStatus
 
 TERMINAL_STATUSES = ("success", "failed", "canceled")
@@ -190,3 +192,20 @@ class Storage(abc.ABC):
         notifications); the engine then calls `cancel_requests`. Others do not
         implement it: the engine polls `data_version`."""
         raise NotImplementedError(f"{type(self).__name__} does not notify cancel requests")
+
+    async def wait_run_ended(self, run_id: str, poll_interval: float) -> None:
+        """Return when the run may have stopped executing where it executes (its
+        terminal status is stored, or nobody holds it any more: its executor suspended
+        it, released it or died), or when it is time to look again anyway. The caller
+        then reads the stored run itself; returning early is always allowed.
+
+        This default polls the stored run: after 2 ms, then at doubling intervals up to
+        `poll_interval`. Backends that can push the news (PostgreSQL) wait for it."""
+        delay = min(0.002, poll_interval)
+        while True:
+            await trio.sleep(delay)
+            row = await self.load(run_id)
+            held = row.owner is not None and (row.lease_until or 0) >= wall_time()
+            if row.status in TERMINAL_STATUSES or not held:
+                return
+            delay = min(delay * 2, poll_interval)

@@ -8,10 +8,28 @@ call waits for its thread before it raises `trio.Cancelled`, so a connection is 
 shared by two queries. A call that completed despite the cancellation returns normally:
 if it was cancelled, it did not happen; if it happened, it is reported.
 
+Lost connections (a server restart, a terminated backend, a dead network) are replaced.
+A pooled connection that has anything to read while idle is the server saying goodbye
+(FATAL, then EOF), so it is thrown away before it is used. A call whose connection breaks
+is retried on a new one, after a capped exponential back-off measured in real time in the
+worker thread (never Trio's clock: the outage is in the outside world), when that is
+safe: reads and idempotent writes, and any call whose query was never sent. Any other
+write raises `StorageError`, since it may or may not have committed; the engine keeps
+that fault with its run. So does a server that stays unreachable for
+``reconnect_timeout`` seconds. Opening the storage does not retry: a wrong password or
+database name fails at once. A stalled server is waited for (its queries resume with
+it); a dead peer is detected by TCP keepalives and ``tcp_user_timeout``, and a query that
+runs away by ``statement_timeout``, all measured by the driver or the server.
+
 Cancel requests travel by notification: `request_cancel` flags the run and sends
 ``NOTIFY trioflow_cancel, '<run id>'`` in the same transaction; each storage keeps one
 dedicated connection that LISTENs, driven by Trio's own readiness waiting on its socket
-(`wait_cancel_requests`), with a slow poll as the backstop after a reconnect.
+(`wait_cancel_requests`), with a backstop in real time. After that connection is lost
+and re-established, `wait_cancel_requests` returns, so the engine looks for requests sent
+meanwhile. The other way round, an executor that stops executing a run (ended or
+suspended: its save releases the run) sends ``NOTIFY trioflow_ended, '<run id>'`` in the
+same statement, and a canceller in another process waits for that (`wait_run_ended`)
+instead of polling.
 
 The schema is created and migrated by trioflow; its version is stored in the
 ``trioflow_meta`` table.
@@ -21,7 +39,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+import select
+import threading
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import outcome
@@ -41,6 +62,8 @@ logger = logging.getLogger("trioflow")
 
 SCHEMA_VERSION = 1
 CANCEL_CHANNEL = "trioflow_cancel"
+# Notified with the run id when an executor stops executing a run (ended or suspended).
+ENDED_CHANNEL = "trioflow_ended"
 # pg_advisory_xact_lock key that serializes schema migrations of concurrent openers.
 _MIGRATION_LOCK = 0x7472696F666C6F77  # "trioflow"
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -68,8 +91,21 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 _NOT_ENDED = "status NOT IN ('success', 'failed', 'canceled')"
 # Deadlocks and serialization failures roll the transaction back: safe to run it again.
 _RETRIES = 3
-# How long a listener waits before trying to reconnect after losing its connection.
-_RECONNECT_DELAY = 0.5
+# Back-off between reconnection attempts, in real seconds: doubles from the first to the cap.
+_BACKOFF_FIRST = 0.05
+_BACKOFF_CAP = 2.0
+# TCP keepalives and tcp_user_timeout (libpq settings, the DSN's own values win): a peer
+# that vanished without closing (power loss, a cut network) is noticed in about 20 s.
+_KEEPALIVE = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 20000,
+}
+# Run ids of recently released runs nobody was waiting for, kept for a canceller that
+# starts waiting just after the notification was read.
+_RECENTLY_ENDED = 1000
 
 
 def _psycopg() -> Any:
@@ -91,6 +127,11 @@ class PostgresStorage(Storage):
     without a notification, in case one was lost (it also looks at once after the
     listening connection reconnects).
 
+    Connections that break are replaced (see the module's notes): `connect_timeout`
+    bounds one attempt to connect, `reconnect_timeout` how long a call keeps trying
+    before it raises `StorageError`, and `statement_timeout` (``None``: the server's
+    setting) how long the server lets one statement run. All are real seconds.
+
     Leases compare wall-clock times of the machines that share the database: keep
     their clocks synchronized (NTP) well within ``lease_seconds``. Give each engine its
     own instance.
@@ -105,22 +146,33 @@ class PostgresStorage(Storage):
         max_connections: int = 4,
         notify_backstop: float = 5.0,
         connect_timeout: float = 10.0,
+        reconnect_timeout: float = 30.0,
+        statement_timeout: float | None = 30.0,
     ) -> None:
         _psycopg()
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {max_connections!r}")
-        if not notify_backstop > 0:
-            raise ValueError(
-                f"notify_backstop must be a positive number of seconds, got {notify_backstop!r}"
-            )
+        for name, value in (
+            ("notify_backstop", notify_backstop),
+            ("connect_timeout", connect_timeout),
+            ("reconnect_timeout", reconnect_timeout),
+            ("statement_timeout", 1.0 if statement_timeout is None else statement_timeout),
+        ):
+            if not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         self.dsn = dsn
         self.max_connections = max_connections
         self.notify_backstop = notify_backstop
-        self._connect_timeout = max(1, round(connect_timeout))
+        self.reconnect_timeout = reconnect_timeout
+        self._connect_timeout = max(2, round(connect_timeout))  # libpq's minimum is 2
+        self._statement_timeout = statement_timeout
         self._limiter = trio.CapacityLimiter(max_connections)
         self._idle: list[psycopg.Connection[Any]] = []
         self._listener: psycopg.Connection[Any] | None = None
         self._open = False
+        # Cancellers waiting in `wait_run_ended`, by run id; set by the listening task.
+        self._ended_waiters: dict[str, list[trio.Event]] = {}
+        self._recently_ended: dict[str, None] = {}
 
     def __repr__(self) -> str:
         return f"PostgresStorage({_describe(self.dsn)!r})"
@@ -128,54 +180,114 @@ class PostgresStorage(Storage):
     # --- connections and threads ----------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection[Any]:
-        """A new autocommit connection (in a worker thread)."""
+        """A new autocommit connection (in a worker thread), with our keepalive and
+        timeout settings added to the DSN's own."""
         pg = _psycopg()
         try:
-            conn: psycopg.Connection[Any] = pg.Connection.connect(
-                self.dsn, autocommit=True, connect_timeout=self._connect_timeout
-            )
+            params = pg.conninfo.conninfo_to_dict(self.dsn)
+            for key, value in _KEEPALIVE.items():
+                params.setdefault(key, value)
+            options = str(params.get("options") or "")
+            if self._statement_timeout is not None and "statement_timeout" not in options:
+                milliseconds = max(1, round(self._statement_timeout * 1000))
+                params["options"] = f"{options} -c statement_timeout={milliseconds}".strip()
+            params["connect_timeout"] = self._connect_timeout
+            conn: psycopg.Connection[Any] = pg.Connection.connect(autocommit=True, **params)
         except pg.Error as exc:
             raise _storage_error(self, exc) from exc
         return conn
 
-    async def _call(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+    async def _call(
+        self, fn: Callable[[psycopg.Connection[Any]], T], *, idempotent: bool = False
+    ) -> T:
         """Run `fn(connection)` in a worker thread on a pooled connection: one
-        transaction (or statement), retried after a deadlock or serialization failure;
-        psycopg errors become `StorageError`."""
+        transaction (or statement), retried after a deadlock or serialization failure,
+        and on a new connection after the old one broke if `idempotent` (running it
+        twice does no harm) or if it was never sent; psycopg errors become
+        `StorageError`."""
         if not self._open:
             raise RuntimeError(f"{self!r} is not open; use it inside open_engine() or async with")
         pg = _psycopg()
-        errors = pg.errors
-
-        def work(conn: psycopg.Connection[Any]) -> T:
-            for attempt in range(_RETRIES):
-                try:
-                    return fn(conn)
-                except errors.QueryCanceled:
-                    raise  # turned into trio.Cancelled (or StorageError) on the Trio side
-                except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
-                    if attempt == _RETRIES - 1:
-                        raise _storage_error(self, exc) from exc
-                except pg.Error as exc:
-                    raise _storage_error(self, exc) from exc
-            raise AssertionError("unreachable")
-
         async with self._limiter:
-            conn = self._idle.pop() if self._idle else None
-            if conn is None:
-                conn = await _in_thread(self._connect, None)
+            # An idle connection with something to read is being closed by the server.
+            stale: list[psycopg.Connection[Any]] = []
+            attempt = _Attempt()
+            while self._idle and attempt.conn is None:
+                pooled = self._idle.pop()
+                if _is_usable(pooled):
+                    attempt.conn = pooled
+                else:
+                    stale.append(pooled)
             try:
-                return await _in_thread(lambda: work(conn), conn.cancel_safe)
-            except errors.QueryCanceled as exc:  # not by us: statement_timeout, an admin...
+                return await _in_thread(
+                    lambda: self._attempt(fn, attempt, stale, idempotent), attempt.cancel
+                )
+            except pg.errors.QueryCanceled as exc:  # not by us: statement_timeout, an admin...
                 raise StorageError(f"{self!r}: the server cancelled a query: {exc}") from exc
             finally:
                 # The thread is over. A broken connection, or one left inside a
                 # transaction, is not reused.
-                idle = pg.pq.TransactionStatus.IDLE
-                if not conn.broken and conn.info.transaction_status == idle:
-                    self._idle.append(conn)
-                else:
-                    conn.close()
+                conn = attempt.conn
+                if conn is not None:
+                    idle = pg.pq.TransactionStatus.IDLE
+                    if not conn.broken and conn.info.transaction_status == idle:
+                        self._idle.append(conn)
+                    else:
+                        conn.close()
+
+    def _attempt(
+        self,
+        fn: Callable[[psycopg.Connection[Any]], T],
+        attempt: _Attempt,
+        stale: list[psycopg.Connection[Any]],
+        idempotent: bool,
+    ) -> T:
+        """`_call`'s worker thread: connect if needed, run `fn`, reconnect and retry
+        while that is safe and the server comes back within `reconnect_timeout`."""
+        pg = _psycopg()
+        errors = pg.errors
+        for old in stale:
+            old.close()
+        backoff = _Backoff(self, attempt.stop)
+        while True:
+            if attempt.stop.is_set():
+                raise _Interrupted
+            conn: psycopg.Connection[Any] | None = attempt.conn
+            if conn is None:
+                try:
+                    conn = attempt.conn = self._connect()
+                except StorageError as exc:
+                    backoff.wait(exc)
+                    continue
+                if backoff.failures:
+                    logger.info("reconnected to %r", self)
+                if attempt.stop.is_set():  # cancelled while connecting: send nothing
+                    raise _Interrupted
+            sent = False
+            try:
+                if conn.pgconn.status != pg.pq.ConnStatus.OK:
+                    raise pg.OperationalError("the connection is lost")
+                sent = True
+                for retry in range(_RETRIES):
+                    try:
+                        return fn(conn)
+                    except (errors.DeadlockDetected, errors.SerializationFailure):
+                        if retry == _RETRIES - 1:
+                            raise
+            except errors.QueryCanceled:
+                raise  # turned into trio.Cancelled (or StorageError) on the Trio side
+            except pg.Error as exc:
+                if not conn.broken and sent:
+                    raise _storage_error(self, exc) from exc
+                attempt.conn = None
+                conn.close()
+                if sent and not idempotent:
+                    raise StorageError(
+                        f"{self!r}: the connection was lost during a write, which may or "
+                        f"may not have been stored: {str(exc).strip()}"
+                    ) from exc
+                logger.warning("lost the connection to %r (%s); reconnecting", self, exc)
+                backoff.wait(_storage_error(self, exc))
 
     # --- Storage ------------------------------------------------------------------------------
 
@@ -220,6 +332,7 @@ class PostgresStorage(Storage):
                 raise
             return conn
 
+        # No reconnecting here: a wrong password, database or DSN fails at once.
         conn = await trio.to_thread.run_sync(migrate)
         self._idle.append(conn)
         try:
@@ -234,6 +347,7 @@ class PostgresStorage(Storage):
         self._open = False
         conns, self._idle = self._idle, []
         listener, self._listener = self._listener, None
+        self._wake_ended_waiters()
         if listener is not None:
             with contextlib.suppress(Exception):  # a lost connection has no socket
                 trio.lowlevel.notify_closing(listener.pgconn.socket)
@@ -284,7 +398,7 @@ class PostgresStorage(Storage):
                 raise RunNotFoundError(run_id)
             return row_from_sql(values)
 
-        return await self._call(work)
+        return await self._call(work, idempotent=True)
 
     async def save(
         self,
@@ -296,15 +410,25 @@ class PostgresStorage(Storage):
         *,
         release: bool,
     ) -> bool:
+        update = (
+            "UPDATE trioflow_runs SET status = %s, snapshot = %s, updated_at = %s, "
+            "owner = CASE WHEN %s THEN NULL ELSE owner END, "
+            "lease_until = CASE WHEN %s THEN NULL ELSE lease_until END "
+            f"WHERE run_id = %s AND owner = %s AND {_NOT_ENDED}"
+        )
+        params = (status, snapshot, now, release, release, run_id, owner)
+
         def work(conn: psycopg.Connection[Any]) -> bool:
-            cursor = conn.execute(
-                "UPDATE trioflow_runs SET status = %s, snapshot = %s, updated_at = %s, "
-                "owner = CASE WHEN %s THEN NULL ELSE owner END, "
-                "lease_until = CASE WHEN %s THEN NULL ELSE lease_until END "
-                f"WHERE run_id = %s AND owner = %s AND {_NOT_ENDED}",
-                (status, snapshot, now, release, release, run_id, owner),
-            )
-            return cursor.rowcount == 1
+            if not release:
+                return conn.execute(update, params).rowcount == 1
+            # The run stops executing here: tell cancellers waiting elsewhere, in the
+            # same statement (delivered when it commits, only if the write won).
+            saved = conn.execute(
+                f"WITH saved AS ({update} RETURNING run_id) "
+                "SELECT pg_notify(%s, run_id) FROM saved",
+                (*params, ENDED_CHANNEL),
+            ).fetchall()
+            return len(saved) == 1
 
         return await self._call(work)
 
@@ -357,15 +481,19 @@ class PostgresStorage(Storage):
             lambda conn: conn.execute(
                 "UPDATE trioflow_runs SET lease_until = %s WHERE owner = %s AND run_id = ANY(%s)",
                 (lease_until, owner, run_ids),
-            )
+            ),
+            idempotent=True,
         )
 
     async def release(self, owner: str) -> None:
+        # Cancellers waiting for these runs look again: nobody executes them now.
         await self._call(
             lambda conn: conn.execute(
-                "UPDATE trioflow_runs SET owner = NULL, lease_until = NULL WHERE owner = %s",
-                (owner,),
-            )
+                "WITH released AS (UPDATE trioflow_runs SET owner = NULL, lease_until = NULL "
+                "WHERE owner = %s RETURNING run_id) SELECT pg_notify(%s, run_id) FROM released",
+                (owner, ENDED_CHANNEL),
+            ),
+            idempotent=True,
         )
 
     async def recoverable(self, workflow_ids: list[str], now: float, limit: int) -> list[str]:
@@ -382,10 +510,21 @@ class PostgresStorage(Storage):
             ).fetchall()
             return [run_id for (run_id,) in rows]
 
-        return await self._call(work)
+        return await self._call(work, idempotent=True)
 
     async def request_cancel(self, run_id: str, reason: str | None, now: float) -> RunStatus:
         def work(conn: psycopg.Connection[Any]) -> RunStatus:
+            # The usual case, a run executing somewhere, in one statement (one round
+            # trip, not five: this is on the path of every cross-process cancel).
+            flagged = conn.execute(
+                "WITH flagged AS (UPDATE trioflow_runs SET cancel_requested = TRUE, "
+                f"cancel_reason = %s WHERE run_id = %s AND {_NOT_ENDED} "
+                "AND owner IS NOT NULL AND lease_until >= %s RETURNING run_id, status) "
+                "SELECT status, pg_notify(%s, run_id) FROM flagged",
+                (reason, run_id, now, CANCEL_CHANNEL),
+            ).fetchone()
+            if flagged is not None:
+                return flagged[0]  # type: ignore[no-any-return]
             with conn.transaction():
                 values = conn.execute(
                     "SELECT status, snapshot, owner, lease_until FROM trioflow_runs "
@@ -413,9 +552,11 @@ class PostgresStorage(Storage):
                     "lease_until = NULL, updated_at = %s WHERE run_id = %s",
                     (_snapshot.encode(snapshot), reason, now, run_id),
                 )
+                conn.execute("SELECT pg_notify(%s, %s)", (ENDED_CHANNEL, run_id))
                 return "canceled"
 
-        return await self._call(work)
+        # Asking twice is asking once: safe to repeat after a lost connection.
+        return await self._call(work, idempotent=True)
 
     async def cancel_requests(self, owner: str) -> list[tuple[str, str | None]]:
         def work(conn: psycopg.Connection[Any]) -> list[tuple[str, str | None]]:
@@ -426,7 +567,7 @@ class PostgresStorage(Storage):
             ).fetchall()
             return [(run_id, reason) for run_id, reason in rows]
 
-        return await self._call(work)
+        return await self._call(work, idempotent=True)
 
     async def data_version(self) -> int:
         # The next transaction id: it moves whenever any transaction writes. The engine
@@ -438,7 +579,7 @@ class PostgresStorage(Storage):
             assert found is not None
             return int(found[0])
 
-        return await self._call(work)
+        return await self._call(work, idempotent=True)
 
     async def list_runs(
         self,
@@ -471,44 +612,52 @@ class PostgresStorage(Storage):
                 for r in rows
             ]
 
-        return await self._call(work)
+        return await self._call(work, idempotent=True)
 
     # --- notifications --------------------------------------------------------------------
 
-    def _listen(self) -> psycopg.Connection[Any]:
-        """A connection that LISTENs for cancel requests (in a worker thread). After
-        LISTEN it runs no query: it is only read, from the Trio thread."""
+    def _listen(self, attempt: _Attempt | None = None) -> psycopg.Connection[Any]:
+        """A connection that LISTENs for cancel requests and ended runs (in a worker
+        thread). After LISTEN it runs no query: it is only read, from the Trio thread.
+        With an `attempt`, failures are retried with back-off until it is stopped."""
         pg = _psycopg()
-        conn = self._connect()
-        try:
-            conn.execute(f"LISTEN {CANCEL_CHANNEL}")
-        except pg.Error as exc:
-            conn.close()
-            raise _storage_error(self, exc) from exc
-        return conn
+        backoff = None if attempt is None else _Backoff(self, attempt.stop, bounded=False)
+        while True:
+            try:
+                conn = self._connect()
+                try:
+                    conn.execute(f"LISTEN {CANCEL_CHANNEL}; LISTEN {ENDED_CHANNEL}")
+                except pg.Error as exc:
+                    conn.close()
+                    raise _storage_error(self, exc) from exc
+            except StorageError as exc:
+                if backoff is None:
+                    raise
+                backoff.wait(exc)
+                continue
+            return conn
 
     async def wait_cancel_requests(self) -> None:
         """Return when a cancel request may have been written: a notification came, the
         listening connection was re-established (notifications may have been lost
-        meanwhile), or `notify_backstop` seconds passed."""
+        meanwhile), or `notify_backstop` seconds of real time passed. Notifications of
+        ended runs are passed on to `wait_run_ended` on the way. While the server is
+        unreachable this keeps trying to reconnect (it never raises for that)."""
         pg = _psycopg()
-        with trio.move_on_after(self.notify_backstop):
+        with _after_real_seconds(self.notify_backstop):
             while True:
                 conn = self._listener
                 if conn is None:
                     if not self._open:
                         raise RuntimeError(f"{self!r} is not open")
-                    try:
-                        conn = await trio.to_thread.run_sync(self._listen)
-                    except StorageError as exc:
-                        logger.warning("cannot listen for cancel requests: %s; retrying", exc)
-                        await trio.sleep(_RECONNECT_DELAY)
-                        continue
+                    attempt = _Attempt()
+                    conn = await _in_thread(partial(self._listen, attempt), attempt.cancel)
                     if not self._open:
                         conn.close()
                         raise RuntimeError(f"{self!r} is not open")
                     self._listener = conn
                     logger.info("listening for cancel requests again on %r", self)
+                    self._wake_ended_waiters()  # their notifications may be lost too
                     return
                 pgconn = conn.pgconn
                 fd = pgconn.socket
@@ -521,11 +670,141 @@ class PostgresStorage(Storage):
                     trio.lowlevel.notify_closing(fd)
                     conn.close()
                     continue
-                notified = False
-                while pgconn.notifies() is not None:
-                    notified = True
-                if notified:
+                canceled = False
+                while (notify := pgconn.notifies()) is not None:
+                    if notify.relname.decode() == CANCEL_CHANNEL:
+                        canceled = True
+                    else:
+                        self._ended(notify.extra.decode())
+                if canceled:
                     return
+
+    async def wait_run_ended(self, run_id: str, poll_interval: float) -> None:
+        """Return when the run's executor notifies that it stopped executing it (or
+        released it), when the listening connection was re-established, or after
+        `notify_backstop` seconds of real time. The engine's listening task
+        (`wait_cancel_requests`) reads the notifications; without one this waits for the
+        backstop."""
+        if run_id in self._recently_ended:  # notified before this call
+            del self._recently_ended[run_id]
+            await trio.lowlevel.checkpoint()
+            return
+        event = trio.Event()
+        waiters = self._ended_waiters.setdefault(run_id, [])
+        waiters.append(event)
+        try:
+            with _after_real_seconds(self.notify_backstop):
+                await event.wait()
+        finally:
+            if event in waiters:
+                waiters.remove(event)
+                if not waiters and self._ended_waiters.get(run_id) is waiters:
+                    del self._ended_waiters[run_id]
+
+    def _ended(self, run_id: str) -> None:
+        """A notification that `run_id` stopped executing: wake its cancellers, or keep
+        it for one that is about to wait."""
+        waiters = self._ended_waiters.pop(run_id, None)
+        if waiters:
+            for event in waiters:
+                event.set()
+            return
+        self._recently_ended[run_id] = None
+        if len(self._recently_ended) > _RECENTLY_ENDED:
+            del self._recently_ended[next(iter(self._recently_ended))]
+
+    def _wake_ended_waiters(self) -> None:
+        waiters, self._ended_waiters = self._ended_waiters, {}
+        for events in waiters.values():
+            for event in events:
+                event.set()
+
+
+class _Interrupted(Exception):
+    """A worker thread gave up waiting to reconnect: the Trio side cancelled the call."""
+
+
+class _Attempt:
+    """One storage call in its worker thread, seen from the Trio thread: the
+    connection it uses (to cancel its query on the server) and a flag that stops its
+    reconnection back-off."""
+
+    def __init__(self) -> None:
+        self.conn: psycopg.Connection[Any] | None = None
+        self.stop = threading.Event()
+
+    def cancel(self) -> None:  # in a thread of its own: cancel_safe talks to the server
+        self.stop.set()
+        conn = self.conn
+        if conn is not None:
+            conn.cancel_safe()
+
+
+class _Backoff:
+    """Waits between reconnection attempts, in real time and in a worker thread:
+    doubling from `_BACKOFF_FIRST` to `_BACKOFF_CAP`; when `bounded`, the failure is
+    raised once ``storage.reconnect_timeout`` seconds of waits have not helped."""
+
+    def __init__(
+        self, storage: PostgresStorage, stop: threading.Event, *, bounded: bool = True
+    ) -> None:
+        self.storage = storage
+        self.stop = stop
+        self.bounded = bounded
+        self.failures = 0
+        self.waited = 0.0
+
+    def wait(self, error: StorageError) -> None:
+        limit = self.storage.reconnect_timeout
+        if self.bounded and self.waited >= limit:
+            raise StorageError(
+                f"{error} (still failing after {limit:g}s of reconnecting; raise "
+                "reconnect_timeout to wait longer)"
+            ) from error
+        if self.failures == 0 or (not self.bounded and self.waited >= limit):
+            logger.warning("cannot reach the server, retrying: %s", error)
+            if not self.bounded and self.waited >= limit:
+                self.waited = 0.0  # unbounded: warn again every reconnect_timeout
+        delay = min(_BACKOFF_FIRST * 2**self.failures, _BACKOFF_CAP)
+        self.failures += 1
+        self.waited += delay
+        if self.stop.wait(delay):
+            raise _Interrupted
+
+
+def _is_usable(conn: psycopg.Connection[Any]) -> bool:
+    """Whether a pooled, idle connection may carry a query. The server sends nothing
+    to an idle connection that does not LISTEN, except when it closes it (FATAL, then
+    EOF): readable means lost."""
+    if conn.closed or conn.broken:
+        return False
+    fd = conn.pgconn.socket
+    if not hasattr(select, "poll"):  # Windows
+        return not select.select([fd], [], [], 0)[0]
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return not poller.poll(0)
+
+
+@contextlib.contextmanager
+def _after_real_seconds(seconds: float) -> Iterator[trio.CancelScope]:
+    """A cancel scope cancelled after `seconds` of real time, timed by a worker thread:
+    for waits on the outside world, which Trio's clock (maybe a MockClock) must not
+    bound."""
+    token = trio.lowlevel.current_trio_token()
+    over = threading.Event()
+    with trio.CancelScope() as scope:
+
+        def expire() -> None:
+            if not over.wait(seconds):
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(scope.cancel)
+
+        trio.lowlevel.start_thread_soon(expire, lambda _: None)
+        try:
+            yield scope
+        finally:
+            over.set()
 
 
 async def _in_thread(fn: Callable[[], T], cancel: Callable[[], None] | None) -> T:
@@ -571,8 +850,10 @@ async def _in_thread(fn: Callable[[], T], cancel: Callable[[], None] | None) -> 
     trio.lowlevel.start_thread_soon(fn, deliver)
     await trio.lowlevel.wait_task_rescheduled(abort)
     assert result is not None
-    if raise_cancel is not None and isinstance(result, outcome.Error):
-        if isinstance(result.error, _psycopg().errors.QueryCanceled):
+    if isinstance(result, outcome.Error) and isinstance(
+        result.error, (_psycopg().errors.QueryCanceled, _Interrupted)
+    ):
+        if raise_cancel is not None:
             raise_cancel()
     return result.unwrap()
 
@@ -599,6 +880,12 @@ def _storage_error(storage: PostgresStorage, exc: Exception) -> StorageError:
         hint = "the server is a read-only standby; connect to the primary"
     elif isinstance(exc, errors.UndefinedTable):
         hint = "the trioflow tables are missing; open the storage to create them"
+    elif "password authentication failed" in text:
+        hint = "check the user and password in the DSN"
+    elif "does not exist" in text and "connection" in text:
+        hint = "check the database and user names in the DSN (create the database first)"
+    elif isinstance(exc, _psycopg().ProgrammingError) and "option" in text:
+        hint = "fix the DSN: a libpq connection string (host=... dbname=...) or a URL"
     elif isinstance(exc, _psycopg().OperationalError):
         hint = "check that the server is running and that the DSN is right"
     else:

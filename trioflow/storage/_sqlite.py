@@ -2,11 +2,13 @@
 processes on one machine.
 
 sqlite3 blocks, so every call runs in a worker thread, one at a time per storage (a
-`trio.CapacityLimiter` of 1), and never on the Trio thread. WAL mode lets readers in
-other processes go on while one writes; each state change is one transaction. SQLite has
-no notifications: `data_version` (PRAGMA data_version, which changes when another
-connection commits) is the cheap check an engine polls before looking for cancel
-requests.
+`trio.CapacityLimiter` of 1), and never on the Trio thread — except under Trio's
+MockClock, where it runs inline so that it takes no virtual time (`_realtime.run_io`).
+Each call is bounded in real time by SQLite's busy timeout, never by a Trio deadline.
+WAL mode lets readers in other processes go on while one writes; each state change is
+one transaction. SQLite has no notifications: `data_version` (PRAGMA data_version,
+which changes when another connection commits) is the cheap check an engine polls
+before looking for cancel requests.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import trio
 
 from .. import _snapshot
 from .._errors import RunNotFoundError, StorageError
+from .._realtime import run_io
 from .._results import RunStatus
 from ._base import SQL_COLUMNS, TERMINAL_STATUSES, RunRow, RunSummary, Storage, row_from_sql
 
@@ -93,8 +96,7 @@ class SQLiteStorage(Storage):
                     conn.rollback()
                 raise _storage_error(self.path, exc) from exc
 
-        # Not abandoned on cancel: a transaction half-way must finish or roll back first.
-        return await trio.to_thread.run_sync(work, limiter=self._limiter)
+        return await run_io(work, limiter=self._limiter)
 
     async def open(self) -> None:
         if self._conn is not None:
@@ -139,7 +141,7 @@ class SQLiteStorage(Storage):
                 raise
             return conn
 
-        self._conn = await trio.to_thread.run_sync(connect, limiter=self._limiter)
+        self._conn = await run_io(connect, limiter=self._limiter)
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
@@ -147,7 +149,7 @@ class SQLiteStorage(Storage):
             await trio.lowlevel.checkpoint()
             return
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
+            await run_io(conn.close, limiter=self._limiter)
 
     async def insert(
         self,
