@@ -9,6 +9,7 @@ server is another process."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,6 +191,16 @@ def test_send_an_event_through_its_generated_form(page: Page, server: str) -> No
     form.get_by_label("note").fill("go ahead")
     form.get_by_role("button", name="Send").click()
     expect(page.locator("#run-status")).to_have_text("success", timeout=10_000)
+
+
+def test_what_a_step_writes_appears_as_it_is_written(page: Page, server: str) -> None:
+    run = api(server, "POST", "/api/workflows/writer/runs", {})
+    page.goto(f"{server}/#/runs/{run['run_id']}")
+    output = page.locator('#outputs pre[data-output="tokens"]')
+    expect(output).to_have_text(re.compile(r"^Hel"))
+    expect(page.locator("#run-status")).to_have_text("running")  # still writing
+    expect(output).to_have_text('Hello, world{"done":true}\n')
+    expect(page.locator("#run-status")).to_have_text("success")
 
 
 def test_the_runs_table_is_live_and_filters(page: Page, server: str) -> None:

@@ -81,7 +81,7 @@ async def test_workflows_lists_graphs_schemas_and_events(client: httpx.AsyncClie
     response = await client.get("/api/workflows")
     assert response.status_code == 200
     by_id = {w["id"]: w for w in response.json()["workflows"]}
-    assert set(by_id) == {"quick", "long", "approval", "signal", "broken"}
+    assert set(by_id) == {"quick", "long", "approval", "signal", "broken", "writer"}
     quick = by_id["quick"]
     assert quick["input_schema"]["$defs"]["Name"]["required"] == ["name"]
     assert [(n["kind"], n["ids"]) for n in quick["nodes"]] == [("step", ["greet"])]

@@ -2,7 +2,7 @@
 
 ``quick`` greets after a short sleep (long enough for a browser to see it running);
 ``long`` waits on its abort signal, for cancels; ``approval`` suspends for a typed
-resume; ``signal`` waits for an event; ``broken`` fails.
+resume; ``signal`` waits for an event; ``broken`` fails; ``writer`` streams outputs.
 """
 
 from __future__ import annotations
@@ -61,6 +61,16 @@ async def go(ctx: trioflow.StepContext[object]) -> Decision:
     return Decision(approved=ctx.resume_data.approved, note=ctx.resume_data.note)
 
 
+@trioflow.step(id="tokens")
+async def tokens(ctx: trioflow.StepContext[object]) -> str:
+    await trio.sleep(QUICK_SECONDS)  # time for a page to open its stream
+    for token in ["Hel", "lo, ", "world"]:
+        await ctx.write(token)
+        await trio.sleep(0.1)
+    await ctx.write({"done": True})
+    return "Hello, world"
+
+
 @trioflow.step(id="explode")
 async def explode(ctx: trioflow.StepContext[object]) -> None:
     raise RuntimeError("the step broke on purpose")
@@ -72,5 +82,6 @@ long = trioflow.create_workflow(id="long").then(wait_for_cancel).commit()
 approval = trioflow.create_workflow(id="approval").then(approve).commit()
 signal = trioflow.create_workflow(id="signal").wait_for_event("go", go).commit()
 broken = trioflow.create_workflow(id="broken").then(explode).commit()
+writer = trioflow.create_workflow(id="writer").then(tokens).commit()
 
-WORKFLOWS = [quick, long, approval, signal, broken]
+WORKFLOWS = [quick, long, approval, signal, broken, writer]

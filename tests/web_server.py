@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 APP = Path(__file__).resolve().parent / "web_app.py"
-WORKFLOWS = ["quick", "long", "approval", "signal", "broken"]
+WORKFLOWS = ["quick", "long", "approval", "signal", "broken", "writer"]
 
 
 @contextmanager

@@ -17,7 +17,7 @@ function el(tag, attrs = {}, ...children) {
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else if (value !== undefined && value !== null) node.setAttribute(key, value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child !== null && child !== undefined) node.append(child);
   }
   return node;
@@ -168,7 +168,9 @@ async function runPage(runId) {
   const actions = el("section", { class: "card", id: "actions" });
   const graph = el("section", { class: "card", id: "graph" });
   const timeline = el("section", { class: "card", id: "timeline" });
-  view.replaceChildren(el("p", {}, el("a", { href: "#/" }, "← all runs")), header, actions, graph, timeline);
+  const outputs = el("section", { class: "card", id: "outputs", hidden: "" });
+  view.replaceChildren(el("p", {}, el("a", { href: "#/" }, "← all runs")), header, actions, graph, outputs, timeline);
+  const written = new Map(); // step path -> what it wrote with ctx.write, as seen live
   let shownActions = "";
 
   const render = (run) => {
@@ -191,6 +193,7 @@ async function runPage(runId) {
       try {
         await follow(`/api/runs/${encodeURIComponent(runId)}/events`, (name, data) => {
           if (name === "run") render(data);
+          if (name === "workflow-step-output") showOutput(outputs, written, data);
           if (name === "end") ended = true;
         }, controller.signal);
       } catch (error) {
@@ -200,6 +203,18 @@ async function runPage(runId) {
       await new Promise((resolve) => setTimeout(resolve, 1000));
     }
   })();
+}
+
+// What steps write (tokens, progress lines, partial results), as it arrives: text is
+// joined as written, anything else one JSON value a line; the last 500 writes a step.
+function showOutput(section, written, event) {
+  const parts = written.get(event.step_id) || [];
+  parts.push(typeof event.data === "string" ? event.data : JSON.stringify(event.data) + "\n");
+  if (parts.length > 500) parts.splice(0, parts.length - 500);
+  written.set(event.step_id, parts);
+  section.hidden = false;
+  section.replaceChildren(el("h2", {}, "Output"), ...[...written].flatMap(([path, texts]) =>
+    [el("h3", {}, el("code", {}, path)), el("pre", { class: "output", "data-output": path }, texts.join(""))]));
 }
 
 function renderHeader(header, run) {
