@@ -63,10 +63,10 @@ async def go(ctx: trioflow.StepContext[object]) -> Decision:
 
 @trioflow.step(id="tokens")
 async def tokens(ctx: trioflow.StepContext[object]) -> str:
-    await trio.sleep(QUICK_SECONDS)  # time for a page to open its stream
+    await trio.sleep(2 * QUICK_SECONDS)  # time for a page to open its stream
     for token in ["Hel", "lo, ", "world"]:
         await ctx.write(token)
-        await trio.sleep(0.1)
+        await trio.sleep(0.2)
     await ctx.write({"done": True})
     return "Hello, world"
 
