@@ -9,6 +9,7 @@ cancelling that nursery is a cancellation from outside the run.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -392,6 +393,30 @@ async def test_nursery_start_of_a_run_canceled_before_it_started_returns() -> No
     async with trio.open_nursery() as nursery:
         await nursery.start(run.start)
     assert run.status == "canceled"
+
+
+async def test_nursery_start_of_resume_returns_once_running_or_raises_the_refusal(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    @trioflow.step(id="gate", resume_schema=int)
+    async def gate(ctx: trioflow.StepContext[Any]) -> int:
+        if ctx.resume_data is None:
+            ctx.suspend()
+        await trio.sleep(5)
+        return int(ctx.resume_data)
+
+    run = await trioflow.create_workflow(id="wf").then(gate).commit().create_run()
+    assert (await run.start()).status == "suspended"
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(trioflow.ValidationError):
+            await nursery.start(functools.partial(run.resume, "gate", "not a number"))
+        assert run.status == "suspended"
+        await nursery.start(functools.partial(run.resume, "gate", 7))
+        assert run.status == "running" and trio.current_time() == 0
+    assert run.result_nowait().result == 7 and trio.current_time() == 5
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(trioflow.RunStateError):
+            await nursery.start(run.resume)
 
 
 # --- watch() of a run that executes in another engine -------------------------------------

@@ -41,6 +41,8 @@ from ._step import StepContext as StepContext
 from ._step import create_step as create_step
 from ._step import step as step
 from ._util import fixup_module_metadata as _fixup_module_metadata
+from ._web_entry import http_app as http_app
+from ._web_entry import serve_http as serve_http
 from ._worker import serve_worker as serve_worker
 from ._workflow import Workflow as Workflow
 from ._workflow import create_workflow as create_workflow
@@ -98,7 +100,9 @@ __all__ = [
     "create_workflow",
     "decode_event",
     "encode_event",
+    "http_app",
     "open_engine",
+    "serve_http",
     "serve_worker",
     "step",
 ]

@@ -269,9 +269,14 @@ class Run:
         self,
         step: str | Step[Any, Any] | Workflow | list[str] | None = None,
         resume_data: Any = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> RunResult:
         """Continue a suspended run: `step` (an id, a step, or a nested path list) runs
         again with `resume_data` as ``ctx.resume_data``, validated by its resume schema.
+        With ``await nursery.start(partial(run.resume, step, data))``, a refused resume
+        (wrong state, step or data) raises there, and the start returns once the run is
+        ``'running'`` again, as for `start`.
         """
         await trio.lowlevel.checkpoint()
         engine = self._engine
@@ -294,7 +299,7 @@ class Run:
         self._steps[path] = msgspec.structs.replace(record, resume_payload=data)
         self._resuming = path
         try:
-            return await self._execute()
+            return await self._execute(task_status)
         finally:
             self._resuming = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import types
 from collections.abc import Mapping
 
@@ -11,6 +12,20 @@ def _is_private_module(module: str, root: str) -> bool:
     if module != root and not module.startswith(root + "."):
         return False
     return any(part.startswith("_") for part in module.split("."))
+
+
+def _resolve_annotations(cls: type) -> None:
+    """Evaluate `cls`'s string annotations (``from __future__ import annotations``) in
+    the module that defines it, before its ``__module__`` changes: msgspec, like
+    ``typing.get_type_hints``, looks names up in ``sys.modules[cls.__module__]``, and
+    ``trioflow`` has no ``ClassVar`` or ``RunStatus`` in it (``msgspec.json.schema(
+    trioflow.RunSummary)`` failed with a NameError)."""
+    if "__annotations__" not in vars(cls):
+        return
+    try:
+        cls.__annotations__ = inspect.get_annotations(cls, eval_str=True)
+    except NameError:
+        pass  # a name only imported for type checkers: leave the strings as they were
 
 
 def fixup_module_metadata(module_name: str, namespace: Mapping[str, object]) -> None:
@@ -41,6 +56,8 @@ def fixup_module_metadata(module_name: str, namespace: Mapping[str, object]) -> 
         if not _is_private_module(obj.__module__, root):
             return
         seen.add(id(obj))
+        if isinstance(obj, type):
+            _resolve_annotations(obj)
         obj.__module__ = module_name
         obj.__name__ = name
         obj.__qualname__ = qualname

@@ -22,6 +22,7 @@ from ._runs_commands import (
     show_command,
     watch_command,
 )
+from ._serve_command import add_serve_parser
 from ._worker_command import add_worker_parser
 
 __all__ = ["build_parser", "main"]
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.set_defaults(handler=watch_command)
     add_worker_parser(commands, common, EXIT_CODES_HELP)
+    add_serve_parser(commands, common, EXIT_CODES_HELP)
     return parser
 
 

@@ -56,6 +56,9 @@ CREATE TABLE IF NOT EXISTS trioflow_runs (
 CREATE INDEX IF NOT EXISTS trioflow_runs_status ON trioflow_runs (status, workflow_id);
 CREATE INDEX IF NOT EXISTS trioflow_runs_owner ON trioflow_runs (owner);
 CREATE INDEX IF NOT EXISTS trioflow_runs_created ON trioflow_runs (created_at);
+CREATE INDEX IF NOT EXISTS trioflow_runs_status_created ON trioflow_runs (status, created_at);
+CREATE INDEX IF NOT EXISTS trioflow_runs_workflow_created
+    ON trioflow_runs (workflow_id, created_at);
 CREATE INDEX IF NOT EXISTS trioflow_runs_queue ON trioflow_runs (created_at)
     WHERE status = 'pending' AND queued = 1;
 """
@@ -405,13 +408,26 @@ class SQLiteStorage(Storage):
         offset: int = 0,
         version: str | None = None,
     ) -> list[RunSummary]:
+        # Only the filters given go into the WHERE clause: "(? IS NULL OR status = ?)"
+        # keeps SQLite from using an index, and a filter that matches no run scanned
+        # the whole table (tens of ms at 100,000 runs).
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if workflow_id is not None:
+            where.append("workflow_id = ?")
+            params.append(workflow_id)
+        if version is not None:
+            where.append("workflow_version = ?")
+            params.append(version)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+
         def work(conn: sqlite3.Connection) -> list[RunSummary]:
             rows = conn.execute(
                 "SELECT run_id, workflow_id, status, created_at, updated_at, workflow_version "
-                "FROM trioflow_runs WHERE (? IS NULL OR status = ?) "
-                "AND (? IS NULL OR workflow_id = ?) AND (? IS NULL OR workflow_version = ?) "
-                "ORDER BY created_at DESC, run_id LIMIT ? OFFSET ?",
-                (status, status, workflow_id, workflow_id, version, version, limit, offset),
+                f"FROM trioflow_runs {clause}ORDER BY created_at DESC, run_id LIMIT ? OFFSET ?",
+                (*params, limit, offset),
             ).fetchall()
             return [
                 RunSummary(
