@@ -195,7 +195,14 @@ async def test_list_runs_filters_and_pages_newest_first(
     page = (await client.get("/api/runs")).json()
     assert [r["run_id"] for r in page["runs"]] == ["a0", "q2", "q1", "q0"]
     assert page["limit"] == 50 and page["offset"] == 0
-    assert set(page["runs"][0]) == {"run_id", "workflow_id", "status", "created_at", "updated_at"}
+    assert set(page["runs"][0]) == {
+        "run_id",
+        "workflow_id",
+        "status",
+        "created_at",
+        "updated_at",
+        "version",
+    }
 
     async def ids(query: str) -> list[str]:
         response = await client.get(f"/api/runs?{query}")
@@ -554,3 +561,19 @@ async def test_the_api_over_sqlite_and_postgresql(storage: trioflow.Storage) -> 
             detail = (await client.get(f"/api/runs/{long['run_id']}")).json()
             assert detail["status"] == "canceled" and detail["cancel_reason"] == "stop"
             scope.cancel()
+
+
+async def test_runs_start_on_a_named_version_and_list_by_version(
+    client: httpx.AsyncClient, engine: trioflow.Engine
+) -> None:
+    version = engine.workflows["quick"].version
+    started = await _start(client, "quick", input_data={"name": "Ada"}, version=version)
+    assert (await _ended(engine, started["run_id"])).status == "success"
+    listed = (await client.get("/api/runs", params={"version": version})).json()
+    assert [run["run_id"] for run in listed["runs"]] == [started["run_id"]]
+    assert listed["runs"][0]["version"] == version
+    assert (await client.get(f"/api/runs/{started['run_id']}")).json()["version"] == version
+    assert (await client.get("/api/runs", params={"version": "nope"})).json()["runs"] == []
+    response = await client.post("/api/workflows/quick/runs", json={"version": "nope"})
+    message = _error(response, 404, "NotFound")
+    assert "version 'nope' of workflow 'quick'" in message

@@ -25,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._engine import Engine
+from .._errors import WorkflowVersionError
 from .._run import Run
 from .._schema import convert
 from .._workflow import Workflow
@@ -87,8 +88,13 @@ class Api:
             WorkflowList(workflows=[describe_workflow(w) for w in engine.workflows.values()])
         )
 
-    def _workflow(self, workflow_id: str) -> Workflow:
+    def _workflow(self, workflow_id: str, version: str | None = None) -> Workflow:
         workflow = self.engine.workflows.get(workflow_id)
+        if workflow is not None and version is not None:
+            try:
+                workflow = self.engine._workflow(workflow_id, version)
+            except WorkflowVersionError as exc:
+                raise ApiError(404, "NotFound", str(exc)) from None
         if workflow is None:
             known = ", ".join(sorted(self.engine.workflows)) or "none"
             raise ApiError(
@@ -114,14 +120,15 @@ class Api:
         runs = await self.engine.list_runs(
             status=status,
             workflow_id=query.get("workflow") or None,
+            version=query.get("version") or None,
             limit=limit,
             offset=offset,
         )
         return json_response(RunPage(runs=runs, limit=limit, offset=offset))
 
     async def start_run(self, request: Request) -> Response:
-        workflow = self._workflow(request.path_params["workflow_id"])
         body = await json_body(request, StartRun)
+        workflow = self._workflow(request.path_params["workflow_id"], body.version)
         convert(body.input_data, workflow.input_schema, step_id=None, what="input")
         if body.run_id is not None and await self._exists(body.run_id):
             raise _run_exists(body.run_id)

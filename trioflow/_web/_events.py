@@ -62,6 +62,7 @@ async def run_detail(engine: Engine, run: Run) -> RunDetail:
         status=run.status,
         cancel_requested=run.cancel_requested,
         cancel_reason=None if reason is None else str(reason),
+        version=run._unknown_version or run.workflow.version,
         result=result.result,
         error=None if result.error is None else error_text(result.error),
         suspended=[".".join(path) for path in result.suspended],

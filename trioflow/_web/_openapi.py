@@ -143,6 +143,7 @@ def openapi_document() -> bytes:
                     params=[
                         _query("status", {"type": "string", "enum": statuses}),
                         _query("workflow", {"type": "string"}),
+                        _query("version", {"type": "string"}),
                         _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
                         _query("offset", {"type": "integer", "minimum": 0, "maximum": 10**12}),
                     ],

@@ -20,6 +20,8 @@ class StartRun(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     input_data: Any = None
     run_id: str | None = None
+    #: the workflow version to run (default: the last one the engine was given)
+    version: str | None = None
 
 
 class CancelRun(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -79,6 +81,8 @@ class RunDetail(msgspec.Struct, kw_only=True):
     status: RunStatus
     cancel_requested: bool
     cancel_reason: str | None = None
+    #: the workflow version the run executes on
+    version: str | None = None
     result: Any = None
     error: str | None = None
     suspended: list[str] = []

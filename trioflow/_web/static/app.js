@@ -221,7 +221,7 @@ function renderHeader(header, run) {
   header.replaceChildren(
     el("h2", {}, "Run ", el("code", { id: "run-id" }, run.run_id)),
     el("dl", { class: "facts" },
-      el("dt", {}, "workflow"), el("dd", {}, run.workflow_id),
+      el("dt", {}, "workflow"), el("dd", {}, run.workflow_id, el("span", { class: "note", id: "run-version" }, ` version ${run.version}`)),
       el("dt", {}, "status"), el("dd", {}, badge(run.status, { id: "run-status" }), run.cancel_requested && run.status !== "canceled" ? el("span", { class: "note" }, " cancel requested") : null),
       run.cancel_reason ? [el("dt", {}, "cancel reason"), el("dd", { id: "cancel-reason" }, run.cancel_reason)] : null,
       run.result !== null ? [el("dt", {}, "result"), el("dd", {}, el("pre", { id: "run-result" }, json(run.result)))] : null,
