@@ -40,11 +40,15 @@ The conventions a page follows:
    own line number, to a test module that pytest runs with ``trio_mode`` and trioflow's
    plugin: every test must pass (a test meant to fail says so with
    ``pytest.mark.xfail(strict=True)``, in hidden code if need be).
+8. **PostgreSQL.** A block marked ``<!-- check-snippets: postgres -->`` runs on the real
+   clock with ``TRIOFLOW_DSN`` set to a throwaway PostgreSQL server (started once, with
+   tests/pg_server.py, and removed when the check ends), as a reader's own server.
 """
 
 from __future__ import annotations
 
 import ast
+import atexit
 import contextlib
 import dataclasses
 import difflib
@@ -82,6 +86,7 @@ class Block:
     hidden: bool = False
     skip: bool = False
     real_clock: bool = False
+    postgres: bool = False  # needs TRIOFLOW_DSN: a throwaway server is started for it
     expected: list[str] | None = None  # what it must print; None: anything
     end: int = 0  # the page's line index (0-based) of its closing fence
 
@@ -122,7 +127,7 @@ def parse_page(text: str) -> list[Block]:
                     index += 1
                 code = textwrap.dedent("\n".join(lines[start:index])) + "\n"
                 blocks.append(Block(start + 1, code, hidden=True))
-            elif what in {"skip", "real-clock"} and marker["end"]:
+            elif what in {"skip", "real-clock", "postgres"} and marker["end"]:
                 markers.add(what)
             else:
                 raise PageError(index + 1, f"unknown check-snippets marker: {lines[index]!r}")
@@ -139,8 +144,12 @@ def parse_page(text: str) -> list[Block]:
         body = textwrap.dedent("\n".join(lines[start:index])) + "\n"
         index += 1  # skip the closing fence (or run off the end of an unclosed block)
         if language in PYTHON:
-            skip, real_clock = "skip" in markers, "real-clock" in markers
-            blocks.append(Block(start + 1, body, skip=skip, real_clock=real_clock, end=index - 1))
+            skip = "skip" in markers
+            # A PostgreSQL block runs on the real clock: its waits are on a real server.
+            real_clock = "real-clock" in markers or "postgres" in markers
+            block = Block(start + 1, body, skip=skip, real_clock=real_clock, end=index - 1)
+            block.postgres = "postgres" in markers
+            blocks.append(block)
         elif language in OUTPUT and blocks and not blocks[-1].hidden:
             previous = blocks[-1]
             if all(not line.strip() for line in lines[previous.end + 1 : start - 1]):
@@ -216,8 +225,28 @@ def virtual_time(enabled: Callable[[], bool]) -> Iterator[None]:
         trio.run = real_run
 
 
+_SERVER: list[Any] = []
+
+
+def postgres_dsn() -> str:
+    """The DSN of a throwaway PostgreSQL server (tests/pg_server.py), started on first
+    use and stopped when the check ends (convention 8)."""
+    if not _SERVER:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from pg_server import PostgresServer
+
+        server = PostgresServer()
+        server.start()
+        atexit.register(server.stop)
+        _SERVER.append(server)
+    return str(_SERVER[0].dsn)
+
+
 def run_block(block: Block, module: types.ModuleType, filename: str) -> None:
     import trio
+
+    if block.postgres:
+        os.environ["TRIOFLOW_DSN"] = postgres_dsn()
 
     code = block.compiled(filename)
     printed = io.StringIO()
