@@ -11,6 +11,7 @@ import json
 import os
 import runpy
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -435,3 +436,69 @@ def test_a_command_that_reads_runs_never_creates_a_database(tmp_path: Path) -> N
     assert done.returncode == 2
     assert "no trioflow database at" in done.stderr
     assert not (tmp_path / "runs.db").exists()
+
+
+# --- read-only commands ---------------------------------------------------------------------
+
+
+def test_reading_commands_refuse_a_file_that_is_not_a_trioflow_database(tmp_path: Path) -> None:
+    other = tmp_path / "app.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+        conn.execute("INSERT INTO users VALUES ('ada')")
+    conn.close()
+    before = other.read_bytes()
+    for args in (["runs", "list"], ["runs", "show", "x"], ["runs", "watch", "x"]):
+        done = subprocess.run(
+            command("--db", str(other), *args),
+            cwd=tmp_path,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert "it is not a trioflow database (it has no trioflow_runs table)" in done.stderr
+    assert other.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]  # no -wal, no -shm
+
+
+def test_a_folder_given_as_the_database_says_so(tmp_path: Path) -> None:
+    done = trioflow(tmp_path, "--db", str(tmp_path), "runs", "list")
+    assert done.returncode == 2
+    assert f"{tmp_path} is a folder; pass --db the path of a trioflow database file" in done.stderr
+
+
+# Root ignores file permissions: without these capabilities it obeys them, as any user.
+NO_DAC = "-dac_override,-dac_read_search"
+AS_A_USER = ["setpriv", "--bounding-set", NO_DAC, "--inh-caps", NO_DAC] if os.geteuid() == 0 else []
+
+
+def test_list_and_show_work_on_a_database_in_a_read_only_folder(tmp_path: Path) -> None:
+    done = trioflow(tmp_path, "run", ORDER_APP, "--input", json.dumps(ORDER), "--run-id", "ro")
+    assert done.returncode == 0, done.stderr
+    db = tmp_path / "runs.db"
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for path in tmp_path.iterdir():
+        path.chmod(0o444)
+    tmp_path.chmod(0o555)
+    try:
+        for args in (["runs", "list"], ["runs", "show", "ro"]):
+            seen = subprocess.run(
+                [*AS_A_USER, *command("--db", str(db), *args)],
+                cwd="/",
+                env=ENV,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+            )
+            assert seen.returncode == 0, (args, seen.stderr)
+            assert "ro" in seen.stdout and "success" in seen.stdout
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+        # ...and nothing could have been written: the same user may not create a file.
+        denied = subprocess.run(
+            [*AS_A_USER, "touch", str(tmp_path / "probe")], capture_output=True, timeout=10
+        )
+        assert denied.returncode != 0
+    finally:
+        tmp_path.chmod(0o755)

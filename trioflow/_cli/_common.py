@@ -236,6 +236,8 @@ def _short(filename: str) -> str:
 
 def existing_db(path: str) -> str:
     """`path` if a database is there: commands that read runs never create one."""
+    if os.path.isdir(path):
+        raise CliError(f"{path} is a folder; pass --db the path of a trioflow database file")
     if not os.path.exists(path):
         raise CliError(
             f"no trioflow database at {path}; pass --db PATH (or set TRIOFLOW_DB) to where "

@@ -71,7 +71,7 @@ def _print_json(value: Any) -> None:
 
 async def list_command(args: argparse.Namespace) -> int:
     db = existing_db(args.db)
-    async with SQLiteStorage(db) as storage:
+    async with SQLiteStorage(db, read_only=True) as storage:
         runs = await storage.list_runs(
             status=args.status,
             workflow_id=args.workflow,
@@ -145,7 +145,7 @@ def _step_detail(path: str, record: StepRecord, snapshot: Snapshot) -> str:
 
 async def show_command(args: argparse.Namespace) -> int:
     db = existing_db(args.db)
-    async with SQLiteStorage(db) as storage:
+    async with SQLiteStorage(db, read_only=True) as storage:
         row, snapshot = await _load(storage, args.run_id, db)
     summary = summary_from_snapshot(snapshot)
     if args.json:
@@ -404,7 +404,7 @@ async def watch_command(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise CliError("--interval must be a positive number of seconds")
     follower = SnapshotFollower(args.json)
-    async with SQLiteStorage(db) as storage:
+    async with SQLiteStorage(db, read_only=True) as storage:
         row, snapshot = await _load(storage, args.run_id, db)
         if follower.view is not None:
             follower.view.line(

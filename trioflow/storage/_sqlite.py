@@ -17,6 +17,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
+from urllib.request import pathname2url
 
 import trio
 
@@ -73,16 +74,27 @@ class SQLiteStorage(Storage):
     too, at the price of an fsync per transaction. Give each engine its own instance:
     `data_version` only sees commits of other connections. `timeout` is how many seconds
     a call waits for a lock another connection holds before it raises `StorageError`.
+
+    ``read_only=True`` opens an existing trioflow database for reading only (what
+    ``trioflow runs list/show/watch`` do): nothing is created, migrated or written, the
+    file may be read-only or in a read-only folder, and a file that is not a trioflow
+    database is refused with `StorageError` and left byte-identical.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL", timeout: float = 5.0
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        timeout: float = 5.0,
+        read_only: bool = False,
     ) -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
         if not timeout >= 0:
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         self.path = os.fspath(path)
+        self.read_only = read_only
         self._synchronous = synchronous.upper()
         self._timeout = timeout
         self._conn: sqlite3.Connection | None = None
@@ -111,6 +123,9 @@ class SQLiteStorage(Storage):
     async def open(self) -> None:
         if self._conn is not None:
             await trio.lowlevel.checkpoint()
+            return
+        if self.read_only:
+            self._conn = await run_io(self._connect_read_only, limiter=self._limiter)
             return
 
         def connect() -> sqlite3.Connection:
@@ -154,6 +169,42 @@ class SQLiteStorage(Storage):
             return conn
 
         self._conn = await run_io(connect, limiter=self._limiter)
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that can never write, to a file checked to be ours."""
+        uri = f"file:{pathname2url(os.path.abspath(self.path))}"
+        try:
+            conn = sqlite3.connect(
+                f"{uri}?mode=ro", uri=True, timeout=self._timeout, check_same_thread=False
+            )
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            # A WAL database in a read-only folder: SQLite cannot make the shared-memory
+            # file it needs, so read the file as it is (no other process writes there).
+            conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+        try:
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _storage_error(self.path, exc) from exc
+        problem = None
+        if "trioflow_runs" not in tables:
+            problem = "it is not a trioflow database (it has no trioflow_runs table)"
+        elif version > SCHEMA_VERSION:
+            problem = (
+                f"it was written by a newer trioflow (schema version {version}, this one "
+                f"knows up to {SCHEMA_VERSION}); upgrade trioflow"
+            )
+        elif version < SCHEMA_VERSION:
+            problem = (
+                f"it was written by an older trioflow (schema version {version}); open it "
+                "once with an engine (`trioflow run` or your program) to upgrade it in place"
+            )
+        if problem is not None:
+            conn.close()
+            raise StorageError(f"SQLite storage {self.path}: {problem}")
+        return conn
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
