@@ -77,6 +77,12 @@ class FaultyStorage(Storage):
     async def cancel_requests(self, *args: Any, **kwargs: Any) -> Any:
         return await self._pass("cancel_requests", *args, **kwargs)
 
+    async def delete(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._pass("delete", *args, **kwargs)
+
+    async def prune(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._pass("prune", *args, **kwargs)
+
     async def data_version(self) -> int:
         result: int = await self._pass("data_version")
         return result

@@ -8,6 +8,7 @@ lease expired, and notices cancel requests written by other processes.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import uuid
@@ -19,7 +20,7 @@ import trio
 
 from . import _snapshot
 from ._clock import wall_time
-from ._errors import StorageError, UnstorableDataError, WorkflowVersionError
+from ._errors import RunStateError, StorageError, UnstorableDataError, WorkflowVersionError
 from ._results import RunStatus
 from ._schema import convert
 from .storage import RunRow, RunSummary, Storage
@@ -157,6 +158,45 @@ class Engine:
         return await self.storage.list_runs(
             status=status, workflow_id=workflow_id, limit=limit, offset=offset, version=version
         )
+
+    async def delete_run(self, run_id: str) -> None:
+        """Delete a finished run (``'success'``, ``'failed'`` or ``'canceled'``) from the
+        storage. `RunStateError` for a run that has not ended (cancel it first),
+        `RunNotFoundError` for an unknown id."""
+        status = await self.storage.delete(run_id)
+        if status not in ("success", "failed", "canceled"):
+            raise RunStateError(
+                run_id,
+                status,
+                f"run {run_id!r} is {status!r}; only a finished run can be deleted "
+                "(cancel it first, then delete it)",
+            )
+
+    async def prune_runs(self, older_than: dt.timedelta, status: str | None = None) -> int:
+        """Delete the finished runs (of `status`, or every finished status) that ended
+        more than `older_than` ago; how many."""
+        seconds = _retention_seconds("older_than", older_than)
+        if status is not None and status not in ("success", "failed", "canceled"):
+            raise ValueError(
+                f"status must be 'success', 'failed' or 'canceled', got {status!r}: "
+                "only finished runs are pruned"
+            )
+        statuses = ("success", "failed", "canceled") if status is None else (status,)
+        return await self.storage.prune(wall_time() - seconds, statuses)
+
+    async def _prune_forever(self, retention: dt.timedelta) -> None:
+        """Prune finished runs older than `retention`, every tenth of it (at most every
+        hour, at least every poll interval); a storage error waits for the next round."""
+        every = min(max(retention.total_seconds() / 10, self.poll_interval), 3600.0)
+        while True:
+            try:
+                pruned = await self.prune_runs(retention)
+            except StorageError as exc:
+                logger.warning("pruning finished runs failed, retrying: %s", exc)
+            else:
+                if pruned:
+                    logger.info("pruned %d finished runs older than %s", pruned, retention)
+            await trio.sleep(every)
 
     # --- what runs ask of their engine --------------------------------------------------
 
@@ -623,6 +663,7 @@ async def open_engine(
     lease_seconds: float = 10.0,
     poll_interval: float = 0.02,
     workers: int = 0,
+    retention: dt.timedelta | None = None,
 ) -> AsyncIterator[Engine]:
     """Open `storage` and an engine of durable runs of `workflows` on it.
 
@@ -633,6 +674,9 @@ async def open_engine(
 
     With ``workers=N`` the engine is also a worker: it takes queued runs (see
     `Engine.enqueue`) of its workflows and executes at most N runs at once.
+
+    With ``retention=timedelta(days=30)`` the engine deletes, in the background, the
+    finished runs that ended longer ago than that (`Engine.prune_runs`).
     """
     for name, value in (("lease_seconds", lease_seconds), ("poll_interval", poll_interval)):
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -650,6 +694,8 @@ async def open_engine(
         raise ValueError(f"workers must be a whole number >= 0, got {workers!r}")
     workflows = list(workflows)
     index_versions(workflows)  # misuse raises as itself, not from inside the nursery
+    if retention is not None:
+        _retention_seconds("retention", retention)
     async with storage:
         engine: Engine | None = None
         body_error: BaseException | None = None
@@ -664,6 +710,8 @@ async def open_engine(
                     workers=workers,
                 )
                 await nursery.start(engine._maintain)
+                if retention is not None:
+                    nursery.start_soon(engine._prune_forever, retention, name="trioflow retention")
                 try:
                     yield engine
                 except BaseException as exc:
@@ -703,6 +751,14 @@ def index_versions(workflows: Iterable[Workflow]) -> dict[str, dict[str, Workflo
             )
         known[workflow.version] = workflow
     return versions
+
+
+def _retention_seconds(name: str, value: object) -> float:
+    if not isinstance(value, dt.timedelta):
+        raise TypeError(f"{name} must be a datetime.timedelta, got {value!r}")
+    if value < dt.timedelta(0):
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return value.total_seconds()
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

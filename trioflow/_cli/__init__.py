@@ -14,6 +14,7 @@ import trio
 from .. import __version__
 from .._errors import SnapshotError, StorageError
 from ._common import DEFAULT_DB, EXIT_CANCELED, EXIT_FAILED, EXIT_USAGE, CliError
+from ._retention_commands import delete_command, parse_age, prune_command
 from ._run_command import run_command
 from ._runs_commands import (
     cancel_command,
@@ -134,6 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (50)")
     listing.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N")
     listing.set_defaults(handler=list_command)
+
+    delete = sub(actions, "delete", "Delete a finished run (cancel one that is not first).")
+    delete.add_argument("run_id", metavar="RUN_ID")
+    delete.set_defaults(handler=delete_command)
+
+    prune = sub(actions, "prune", "Delete the finished runs that ended longer ago than an age.")
+    prune.add_argument(
+        "--older-than",
+        required=True,
+        type=parse_age,
+        metavar="AGE",
+        help="how long ago they ended: 30d, 12h, 90m, 45s or 2w",
+    )
+    prune.add_argument(
+        "--status", choices=("success", "failed", "canceled"), help="only runs with this status"
+    )
+    prune.set_defaults(handler=prune_command)
 
     show = sub(actions, "show", "Show a run and its steps: status, timing, output or error.")
     show.add_argument("run_id", metavar="RUN_ID")

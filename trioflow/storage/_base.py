@@ -209,6 +209,16 @@ class Storage(abc.ABC):
         """(run id, reason) of the runs `owner` executes that were asked to cancel."""
 
     @abc.abstractmethod
+    async def delete(self, run_id: str) -> RunStatus:
+        """Delete the run if it has ended; its status either way (a run that has not
+        ended is left as it is). `RunNotFoundError` if there is none."""
+
+    @abc.abstractmethod
+    async def prune(self, ended_before: float, statuses: tuple[str, ...]) -> int:
+        """Delete the runs in one of `statuses` (all ended ones) last changed before
+        `ended_before`; how many."""
+
+    @abc.abstractmethod
     async def data_version(self) -> int:
         """A number that changes whenever another connection commits a change: a cheap
         check before looking for cancel requests."""

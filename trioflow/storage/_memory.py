@@ -214,6 +214,28 @@ class MemoryStorage(Storage):
             if row.owner == owner and row.cancel_requested and row.status not in TERMINAL_STATUSES
         ]
 
+    async def delete(self, run_id: str) -> RunStatus:
+        await trio.lowlevel.checkpoint()
+        row = self._get(run_id)
+        if row.status in TERMINAL_STATUSES:
+            del self._rows[run_id]
+            self._version += 1
+        return row.status
+
+    async def prune(self, ended_before: float, statuses: tuple[str, ...]) -> int:
+        await trio.lowlevel.checkpoint()
+        doomed = [
+            row.run_id
+            for row in self._rows.values()
+            if row.status in statuses
+            and row.status in TERMINAL_STATUSES
+            and row.updated_at < ended_before
+        ]
+        for run_id in doomed:
+            del self._rows[run_id]
+        self._version += 1
+        return len(doomed)
+
     async def data_version(self) -> int:
         await trio.lowlevel.checkpoint()
         return self._version

@@ -596,6 +596,39 @@ class PostgresStorage(Storage):
 
         return await self._call(work, idempotent=True)
 
+    async def delete(self, run_id: str) -> RunStatus:
+        def work(conn: psycopg.Connection[Any]) -> RunStatus:
+            found = conn.execute(
+                "DELETE FROM trioflow_runs WHERE run_id = %s AND status IN "
+                "('success', 'failed', 'canceled') RETURNING status",
+                (run_id,),
+            ).fetchone()
+            if found is None:
+                found = conn.execute(
+                    "SELECT status FROM trioflow_runs WHERE run_id = %s", (run_id,)
+                ).fetchone()
+                if found is None:
+                    raise RunNotFoundError(run_id)
+            return found[0]  # type: ignore[no-any-return]
+
+        # Deleting twice is deleting once: safe to run again on a new connection.
+        return await self._call(work, idempotent=True)
+
+    async def prune(self, ended_before: float, statuses: tuple[str, ...]) -> int:
+        statuses = tuple(s for s in statuses if s in TERMINAL_STATUSES)
+        if not statuses:
+            await trio.lowlevel.checkpoint()
+            return 0
+
+        def work(conn: psycopg.Connection[Any]) -> int:
+            cursor = conn.execute(
+                "DELETE FROM trioflow_runs WHERE status = ANY(%s) AND updated_at < %s",
+                (list(statuses), ended_before),
+            )
+            return cursor.rowcount
+
+        return await self._call(work, idempotent=True)
+
     async def data_version(self) -> int:
         # The next transaction id: it moves whenever any transaction writes. The engine
         # does not poll it here (notifications replace the poll); it is only cheap.

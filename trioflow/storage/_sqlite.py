@@ -447,6 +447,39 @@ class SQLiteStorage(Storage):
 
         return await self._call(work)
 
+    async def delete(self, run_id: str) -> RunStatus:
+        def work(conn: sqlite3.Connection) -> RunStatus:
+            found = conn.execute(
+                "DELETE FROM trioflow_runs WHERE run_id = ? AND status IN "
+                "('success', 'failed', 'canceled') RETURNING status",
+                (run_id,),
+            ).fetchone()
+            if found is None:
+                found = conn.execute(
+                    "SELECT status FROM trioflow_runs WHERE run_id = ?", (run_id,)
+                ).fetchone()
+                if found is None:
+                    raise RunNotFoundError(run_id)
+            return found[0]  # type: ignore[no-any-return]
+
+        return await self._call(work)
+
+    async def prune(self, ended_before: float, statuses: tuple[str, ...]) -> int:
+        statuses = tuple(s for s in statuses if s in TERMINAL_STATUSES)
+        if not statuses:
+            await trio.lowlevel.checkpoint()
+            return 0
+        marks = ", ".join("?" * len(statuses))
+
+        def work(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                f"DELETE FROM trioflow_runs WHERE status IN ({marks}) AND updated_at < ?",
+                (*statuses, ended_before),
+            )
+            return cursor.rowcount
+
+        return await self._call(work)
+
     async def data_version(self) -> int:
         return await self._call(lambda conn: conn.execute("PRAGMA data_version").fetchone()[0])
 

@@ -1,0 +1,65 @@
+"""``trioflow runs delete`` and ``trioflow runs prune``: removing finished runs.
+
+Both act on the database directly (no engine, no workflow code needed), and only ever
+remove runs that have ended: a run still executing or suspended is left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import re
+
+from .._clock import wall_time
+from .._errors import RunNotFoundError
+from ..storage import SQLiteStorage
+from ._common import EXIT_FAILED, EXIT_SUCCESS, CliError, existing_db, json_dumps, not_found
+from ._view import TextView
+
+FINISHED = ("success", "failed", "canceled")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_DURATION = re.compile(r"(?P<amount>\d+(?:\.\d+)?)(?P<unit>[smhdw])")
+
+
+def parse_age(text: str) -> dt.timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` as a timedelta (for argparse)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an age; write a number and a unit: 30d, 12h, 90m, 45s or 2w"
+        )
+    return dt.timedelta(**{_UNITS[match["unit"]]: float(match["amount"])})
+
+
+async def delete_command(args: argparse.Namespace) -> int:
+    db = existing_db(args.db)
+    async with SQLiteStorage(db) as storage:
+        try:
+            status = await storage.delete(args.run_id)
+        except RunNotFoundError as exc:
+            raise not_found(args.run_id, db) from exc
+    if status not in FINISHED:
+        raise CliError(
+            f"run {args.run_id} is {status!r}; only a finished run can be deleted "
+            f"(cancel it first: trioflow runs cancel {args.run_id})",
+            EXIT_FAILED,
+        )
+    if args.json:
+        print(json_dumps({"deleted": args.run_id, "status": status}), flush=True)
+    else:
+        TextView().line(f"deleted run {args.run_id} ({status})")
+    return EXIT_SUCCESS
+
+
+async def prune_command(args: argparse.Namespace) -> int:
+    db = existing_db(args.db)
+    statuses = FINISHED if args.status is None else (args.status,)
+    before = wall_time() - args.older_than.total_seconds()
+    async with SQLiteStorage(db) as storage:
+        count = await storage.prune(before, statuses)
+    if args.json:
+        print(json_dumps({"deleted": count}), flush=True)
+    else:
+        which = "finished" if args.status is None else repr(args.status)
+        TextView().line(f"deleted {count} {which} runs that ended over {args.older_than} ago")
+    return EXIT_SUCCESS
