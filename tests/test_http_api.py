@@ -577,3 +577,17 @@ async def test_runs_start_on_a_named_version_and_list_by_version(
     response = await client.post("/api/workflows/quick/runs", json={"version": "nope"})
     message = _error(response, 404, "NotFound")
     assert "version 'nope' of workflow 'quick'" in message
+
+
+async def test_delete_removes_a_finished_run_and_refuses_one_that_is_not(
+    client: httpx.AsyncClient, engine: trioflow.Engine
+) -> None:
+    started = await _start(client, "quick", input_data={"name": "Ada"})
+    assert (await _ended(engine, started["run_id"])).status == "success"
+    waiting = await _start(client, "approval", run_id="waiting")  # not finished
+    deleted = await client.delete(f"/api/runs/{started['run_id']}")
+    assert (deleted.status_code, deleted.json()) == (200, {"deleted": started["run_id"]})
+    _error(await client.get(f"/api/runs/{started['run_id']}"), 404, "RunNotFoundError")
+    _error(await client.delete(f"/api/runs/{started['run_id']}"), 404, "RunNotFoundError")
+    message = _error(await client.delete(f"/api/runs/{waiting['run_id']}"), 409, "RunStateError")
+    assert "only a finished run can be deleted" in message

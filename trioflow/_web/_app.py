@@ -34,7 +34,16 @@ from ._errors import ApiError, error_body, translate
 from ._events import EventStreamEndpoint, run_detail
 from ._json import encode
 from ._openapi import openapi_document
-from ._types import CancelAnswer, CancelRun, ResumeRun, RunPage, SendEvent, StartRun, WorkflowList
+from ._types import (
+    CancelAnswer,
+    CancelRun,
+    Deleted,
+    ResumeRun,
+    RunPage,
+    SendEvent,
+    StartRun,
+    WorkflowList,
+)
 
 logger = logging.getLogger("trioflow")
 
@@ -149,6 +158,11 @@ class Api:
     async def get_run(self, request: Request) -> Response:
         run = await self.engine.get_run(request.path_params["run_id"])
         return json_response(await run_detail(self.engine, run))
+
+    async def delete_run(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        await self.engine.delete_run(run_id)
+        return json_response(Deleted(deleted=run_id))
 
     async def cancel_run(self, request: Request) -> Response:
         body = await json_body(request, CancelRun)
@@ -297,6 +311,7 @@ def http_app(engine: Engine, *, token: str | None = None) -> ASGIApp:
         route("/api/workflows/{workflow_id}/runs", api.start_run, "POST"),
         route("/api/runs", api.list_runs, "GET"),
         route("/api/runs/{run_id}", api.get_run, "GET"),
+        route("/api/runs/{run_id}", api.delete_run, "DELETE"),
         route("/api/runs/{run_id}/cancel", api.cancel_run, "POST"),
         route("/api/runs/{run_id}/resume", api.resume_run, "POST"),
         route("/api/runs/{run_id}/events/{name}", api.send_event, "POST"),

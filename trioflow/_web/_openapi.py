@@ -16,6 +16,7 @@ from ..storage import RunSummary
 from ._types import (
     CancelAnswer,
     CancelRun,
+    Deleted,
     Error,
     ResumeRun,
     RunDetail,
@@ -37,6 +38,7 @@ MODELS = (
     RunPage,
     RunSummary,
     CancelAnswer,
+    Deleted,
     WorkflowList,
     *EVENT_TYPES,
 )
@@ -155,7 +157,13 @@ def openapi_document() -> bytes:
                     ok=(200, "The run", _json(RunDetail)),
                     errors=(404,),
                     params=[RUN_ID],
-                )
+                ),
+                "delete": _operation(
+                    "Delete a finished run (a run that has not ended is a 409: cancel it first)",
+                    ok=(200, "The run is deleted", _json(Deleted)),
+                    errors=(404, 409),
+                    params=[RUN_ID],
+                ),
             },
             "/api/runs/{run_id}/cancel": {
                 "post": _operation(

@@ -102,6 +102,12 @@ class CancelAnswer(msgspec.Struct, kw_only=True):
     status: RunStatus
 
 
+class Deleted(msgspec.Struct, kw_only=True):
+    """A finished run, deleted."""
+
+    deleted: str
+
+
 NodeKind = Literal[
     "step",
     "parallel",
