@@ -279,3 +279,16 @@ def test_the_guard_catches_console_errors_and_requests_to_other_hosts(
     assert "console error: boom" in guard.problems
     assert "request to another host: http://192.0.2.1/font.woff" in guard.problems
     assert any("unhandled" in p for p in guard.problems)
+
+
+def test_fork_a_finished_run_from_a_step(page: Page, server: str) -> None:
+    run = api(server, "POST", "/api/workflows/quick/runs", {"input_data": {"name": "Ada"}})
+    page.goto(f"{server}/#/runs/{run['run_id']}")
+    expect(page.locator("#run-status")).to_have_text("success", timeout=10_000)
+    page.locator("#fork-step").select_option("greet")
+    page.get_by_role("button", name="Fork").click()
+    expect(page.locator("#run-id")).not_to_have_text(run["run_id"], timeout=10_000)
+    expect(page.locator("#run-status")).to_have_text("success", timeout=10_000)
+    forked_id = page.locator("#run-id").text_content()
+    listed = api(server, "GET", "/api/runs?workflow=quick")["runs"]
+    assert {r["run_id"]: r["forked_from"] for r in listed}[forked_id] == run["run_id"]

@@ -591,3 +591,28 @@ async def test_delete_removes_a_finished_run_and_refuses_one_that_is_not(
     _error(await client.delete(f"/api/runs/{started['run_id']}"), 404, "RunNotFoundError")
     message = _error(await client.delete(f"/api/runs/{waiting['run_id']}"), 409, "RunStateError")
     assert "only a finished run can be deleted" in message
+
+
+async def test_fork_starts_a_new_run_from_a_step(
+    client: httpx.AsyncClient, engine: trioflow.Engine
+) -> None:
+    started = await _start(client, "quick", input_data={"name": "Ada"}, run_id="orig")
+    assert (await _ended(engine, "orig")).status == "success"
+    response = await client.post("/api/runs/orig/fork", json={"from_step": "greet"})
+    assert response.status_code == 201
+    forked = response.json()
+    assert forked["run_id"] != started["run_id"]
+    assert (await _ended(engine, forked["run_id"])).result.text == "hello Ada"
+    message = _error(
+        await client.post("/api/runs/orig/fork", json={"from_step": "nope"}), 422, "InvalidRequest"
+    )
+    assert "has no step 'nope' that started" in message
+    _error(
+        await client.post("/api/runs/none/fork", json={"from_step": "greet"}),
+        404,
+        "RunNotFoundError",
+    )
+    taken = await client.post(
+        "/api/runs/orig/fork", json={"from_step": "greet", "new_run_id": "orig"}
+    )
+    _error(taken, 409, "RunExists")

@@ -33,11 +33,13 @@ async def test_the_document_is_valid_openapi_and_covers_every_route() -> None:
         "/api/runs",
         "/api/runs/{run_id}",
         "/api/runs/{run_id}/cancel",
+        "/api/runs/{run_id}/fork",
         "/api/runs/{run_id}/resume",
         "/api/runs/{run_id}/events/{name}",
         "/api/runs/{run_id}/events",
         "/api/openapi.json",
     }
+    assert set(document["paths"]["/api/runs/{run_id}"]) == {"get", "delete"}
     schemas = document["components"]["schemas"]
     # The engine's own types, as msgspec describes them.
     assert schemas["RunSummary"]["required"] == [
@@ -66,6 +68,8 @@ OPERATIONS = [
     ("GET", "/api/runs"),
     ("GET", "/api/runs/{run_id}"),
     ("POST", "/api/runs/{run_id}/cancel"),
+    ("POST", "/api/runs/{run_id}/fork"),
+    ("DELETE", "/api/runs/{run_id}"),
     ("POST", "/api/runs/{run_id}/resume"),
     ("POST", "/api/runs/{run_id}/events/{name}"),
 ]  # not the event stream, which on a run that never ends never ends either; nor the

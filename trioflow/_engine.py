@@ -27,6 +27,7 @@ from .storage import RunRow, RunSummary, Storage
 
 if TYPE_CHECKING:
     from ._run import Run
+    from ._step import Step
     from ._workflow import Workflow
 
 logger = logging.getLogger("trioflow")
@@ -159,6 +160,53 @@ class Engine:
             status=status, workflow_id=workflow_id, limit=limit, offset=offset, version=version
         )
 
+    async def fork_run(
+        self,
+        run_id: str,
+        from_step: str | list[str] | Step[Any, Any] | Workflow,
+        *,
+        new_run_id: str | None = None,
+    ) -> Run:
+        """A new ``'pending'`` run of the same workflow version and input as `run_id`
+        that keeps the original's records of the steps that ended before `from_step`
+        (an id, a path list, or the step) started, and runs `from_step` and everything
+        after it again; start it with ``start()`` or ``start_soon()`` (no input: it has
+        the original's). The original is not changed. Works on finished, canceled and
+        suspended runs; the new run's summary names the original (``forked_from``)."""
+        row = await self.storage.load(run_id)
+        if row.status not in _snapshot.FORKABLE:
+            raise RunStateError(
+                run_id,
+                row.status,
+                f"run {run_id!r} is {row.status!r}; fork a run that ended or is suspended "
+                "(cancel it first to fork it now)",
+            )
+        source = self._rebuild(row)
+        self._check_version(source)
+        if isinstance(from_step, list | tuple):
+            path = ".".join(from_step)
+        else:
+            path = from_step if isinstance(from_step, str) else from_step.id
+        new_id = new_run_id if new_run_id is not None else str(uuid.uuid4())
+        forked = _snapshot.fork(_snapshot.decode(run_id, row.snapshot), new_id, path)
+        await self.storage.insert(
+            new_id,
+            row.workflow_id,
+            "pending",
+            _snapshot.encode(forked),
+            wall_time(),
+            workflow_version=source.workflow.version,
+            forked_from=run_id,
+        )
+        return await self.get_run(new_id)
+
+    async def retry_run(self, run_id: str, *, new_run_id: str | None = None) -> Run:
+        """`fork_run` from the run's first failed or canceled step (the step itself, not
+        the nested workflow around it): what succeeded before it is kept."""
+        row = await self.storage.load(run_id)
+        step = _snapshot.first_to_retry(_snapshot.decode(run_id, row.snapshot))
+        return await self.fork_run(run_id, step, new_run_id=new_run_id)
+
     async def delete_run(self, run_id: str) -> None:
         """Delete a finished run (``'success'``, ``'failed'`` or ``'canceled'``) from the
         storage. `RunStateError` for a run that has not ended (cancel it first),
@@ -245,6 +293,7 @@ class Engine:
         if version is not None and version not in known:
             run._unknown_version = version
         run._stored_status = row.status
+        run._forked_from = row.forked_from
         return run
 
     def _check_version(self, run: Run) -> None:

@@ -74,6 +74,7 @@ class Run:
         "_event_arrived",
         "_executing",
         "_fault",
+        "_forked_from",
         "_in_flight",
         "_input",
         "_lost",
@@ -130,6 +131,8 @@ class Run:
         self._stored_status: RunStatus | None = None
         # Data of this run could not be stored: the failure that ends the step loop.
         self._fault: FailRun | None = None
+        # The run this one was forked from: it starts with that run's input.
+        self._forked_from: str | None = None
         # The stored version of a run loaded by an engine that does not know it (the
         # records are read with the latest definition; the run is never executed here).
         self._unknown_version: str | None = None
@@ -220,8 +223,16 @@ class Run:
         self._load_row(await engine.storage.load(self.run_id))
         engine._check_version(self)
         if self._status == "pending" and not self.cancel_requested:
+            if self._forked_from is not None and (
+                input_data is not None or initial_state is not None
+            ):
+                raise ValueError(
+                    f"run {self.run_id!r} was forked from {self._forked_from!r} and starts "
+                    "with its input and state; call start() without input_data"
+                )
             if await engine._claim(self, ("pending",)):
-                self._take_input(input_data, initial_state)
+                if self._forked_from is None:
+                    self._take_input(input_data, initial_state)
                 return True
             # Lost the claim: to another process, or to a cancel() that canceled the
             # pending run in storage meanwhile (then this start returns its result).
@@ -716,6 +727,7 @@ class Run:
         """Take the state of the run as stored."""
         self._load(_snapshot.decode(self.run_id, row.snapshot))
         self._stored_status = row.status
+        self._forked_from = row.forked_from
 
     def _load(self, snapshot: _snapshot.Snapshot) -> None:
         """Take the state of a stored snapshot (a run rebuilt in another process, or a

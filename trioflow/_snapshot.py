@@ -205,6 +205,64 @@ def decode(run_id: str, data: bytes) -> Snapshot:
     return snapshot
 
 
+FORKABLE = ("success", "failed", "canceled", "suspended")
+
+
+def fork(snapshot: Snapshot, new_run_id: str, from_step: str) -> Snapshot:
+    """A new pending run of the same input that keeps `snapshot`'s records of the steps
+    that ended before `from_step` started, and so runs `from_step` and everything after
+    it again (a replay takes the kept records' outputs). Pure; `ValueError` for a step
+    that never started. The state is the original's last state: trioflow does not keep
+    one per step."""
+    start = snapshot.steps.get(from_step)
+    if start is None or start.started_at is None:
+        started = ", ".join(repr(p) for p, r in snapshot.steps.items() if r.started_at) or "none"
+        raise ValueError(
+            f"run {snapshot.run_id!r} has no step {from_step!r} that started (started: "
+            f"{started}); fork from one of those"
+        )
+    kept = {
+        path: record
+        for path, record in snapshot.steps.items()
+        if record.status == "success"
+        and record.ended_at is not None
+        and record.ended_at <= start.started_at
+        and path != from_step
+        and not path.startswith(from_step + ".")
+    }
+    return Snapshot(
+        run_id=new_run_id,
+        workflow_id=snapshot.workflow_id,
+        status="pending",
+        input=snapshot.input,
+        steps=kept,
+        progress={path: value for path, value in snapshot.progress.items() if path in kept},
+        states=snapshot.states,
+    )
+
+
+def first_to_retry(snapshot: Snapshot) -> str:
+    """The step a retry forks from: the earliest-started failed or canceled step that
+    holds no failed or canceled step of its own (a nested workflow's failing step, not
+    the nested workflow), so that what succeeded before it is kept."""
+    ended_badly = [
+        (record.started_at or 0.0, path)
+        for path, record in snapshot.steps.items()
+        if record.status in ("failed", "canceled")
+    ]
+    leaves = [
+        (started, path)
+        for started, path in ended_badly
+        if not any(other.startswith(path + ".") for _, other in ended_badly)
+    ]
+    if not leaves:
+        raise ValueError(
+            f"run {snapshot.run_id!r} has no failed or canceled step to retry from; "
+            "fork it from a step of your choice with fork_run(run_id, from_step)"
+        )
+    return min(leaves)[1]
+
+
 def cancel_idle(snapshot: Snapshot, reason: str | None, now: float) -> Snapshot:
     """A run that no process executes, canceled: its unfinished steps become
     ``'canceled'`` (SPEC §3 point 5). Pure: used inside a storage transaction."""

@@ -14,6 +14,7 @@ import trio
 from .. import __version__
 from .._errors import SnapshotError, StorageError
 from ._common import DEFAULT_DB, EXIT_CANCELED, EXIT_FAILED, EXIT_USAGE, CliError
+from ._fork_commands import fork_command, retry_command
 from ._retention_commands import delete_command, parse_age, prune_command
 from ._run_command import run_command
 from ._runs_commands import (
@@ -135,6 +136,25 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (50)")
     listing.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N")
     listing.set_defaults(handler=list_command)
+
+    for name, about in (
+        ("fork", "Run a run again from a step, as a new run (it keeps what ended before)."),
+        ("retry", "Run a run again from its first failed or canceled step, as a new run."),
+    ):
+        forking = sub(actions, name, about)
+        forking.add_argument("run_id", metavar="RUN_ID")
+        if name == "fork":
+            forking.add_argument("--from", dest="from_step", required=True, metavar="STEP")
+        forking.add_argument(
+            "app",
+            nargs="?",
+            metavar="MODULE_OR_FILE:WORKFLOW",
+            help="execute the new run here with this code (else it is queued for a worker)",
+        )
+        forking.add_argument("--app", dest="app_option", metavar="MODULE_OR_FILE:WORKFLOW")
+        forking.add_argument("--new-run-id", metavar="ID", help="the new run's id (a UUID4)")
+        _grace_option(forking)
+        forking.set_defaults(handler=fork_command if name == "fork" else retry_command)
 
     delete = sub(actions, "delete", "Delete a finished run (cancel one that is not first).")
     delete.add_argument("run_id", metavar="RUN_ID")

@@ -38,6 +38,7 @@ from ._types import (
     CancelAnswer,
     CancelRun,
     Deleted,
+    ForkRun,
     ResumeRun,
     RunPage,
     SendEvent,
@@ -158,6 +159,16 @@ class Api:
     async def get_run(self, request: Request) -> Response:
         run = await self.engine.get_run(request.path_params["run_id"])
         return json_response(await run_detail(self.engine, run))
+
+    async def fork_run(self, request: Request) -> Response:
+        body = await json_body(request, ForkRun)
+        run_id = request.path_params["run_id"]
+        await self.engine.get_run(run_id)  # a 404 before anything else
+        if body.new_run_id is not None and await self._exists(body.new_run_id):
+            raise _run_exists(body.new_run_id)
+        forked = await self.engine.fork_run(run_id, body.from_step, new_run_id=body.new_run_id)
+        await forked.start_soon()
+        return json_response(await run_detail(self.engine, forked), status=201)
 
     async def delete_run(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
@@ -313,6 +324,7 @@ def http_app(engine: Engine, *, token: str | None = None) -> ASGIApp:
         route("/api/runs/{run_id}", api.get_run, "GET"),
         route("/api/runs/{run_id}", api.delete_run, "DELETE"),
         route("/api/runs/{run_id}/cancel", api.cancel_run, "POST"),
+        route("/api/runs/{run_id}/fork", api.fork_run, "POST"),
         route("/api/runs/{run_id}/resume", api.resume_run, "POST"),
         route("/api/runs/{run_id}/events/{name}", api.send_event, "POST"),
         Route("/api/runs/{run_id}/events", EventStreamEndpoint(engine), methods=["GET"]),

@@ -7,7 +7,13 @@ from __future__ import annotations
 import msgspec
 from starlette.responses import Response
 
-from .._errors import RunNotFoundError, RunStateError, TrioflowError, ValidationError
+from .._errors import (
+    RunNotFoundError,
+    RunStateError,
+    TrioflowError,
+    ValidationError,
+    WorkflowVersionError,
+)
 from ._types import Error, ErrorDetail
 
 
@@ -35,6 +41,8 @@ def translate(exc: Exception) -> Response | None:
         return error_body(404, "RunNotFoundError", str(exc))
     if isinstance(exc, RunStateError):
         return error_body(409, "RunStateError", str(exc))
+    if isinstance(exc, WorkflowVersionError):  # a run this server cannot execute
+        return error_body(409, "WorkflowVersionError", str(exc))
     if isinstance(exc, ValidationError):
         return error_body(422, "ValidationError", str(exc))
     if isinstance(exc, msgspec.ValidationError):  # before DecodeError: it is one

@@ -18,6 +18,7 @@ from ._types import (
     CancelRun,
     Deleted,
     Error,
+    ForkRun,
     ResumeRun,
     RunDetail,
     RunPage,
@@ -31,6 +32,7 @@ EVENT_TYPES: tuple[type, ...] = typing.get_args(ev.WorkflowEvent)
 MODELS = (
     StartRun,
     CancelRun,
+    ForkRun,
     ResumeRun,
     SendEvent,
     Error,
@@ -171,6 +173,15 @@ def openapi_document() -> bytes:
                     ok=(200, "How the run ended", _json(CancelAnswer)),
                     errors=(400, 404, 409, 422),
                     body=CancelRun,
+                    params=[RUN_ID],
+                )
+            },
+            "/api/runs/{run_id}/fork": {
+                "post": _operation(
+                    "Run the run again from a step, as a new run started in the engine",
+                    ok=(201, "The new run", _json(RunDetail)),
+                    errors=(400, 404, 409, 422),
+                    body=ForkRun,
                     params=[RUN_ID],
                 )
             },

@@ -24,6 +24,14 @@ class StartRun(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     version: str | None = None
 
 
+class ForkRun(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Run a run again from a step, as a new run that keeps the records of the steps
+    that ended before it started (the original is not changed)."""
+
+    from_step: str
+    new_run_id: str | None = None
+
+
 class CancelRun(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Cancel a run: why, and how many seconds its steps get to stop by themselves
     after its abort signal fires."""

@@ -29,6 +29,8 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: float
     #: The workflow version the run executes on (None: stored before versions existed).
     version: str | None = None
+    #: The run this one was forked from (`Engine.fork_run`, `Engine.retry_run`).
+    forked_from: str | None = None
 
 
 class RunRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,12 +48,13 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     cancel_reason: str | None = None
     queued: bool = False
     workflow_version: str | None = None
+    forked_from: str | None = None
 
 
 # The columns of the runs table of the SQL backends, in the order `row_from_sql` reads.
 SQL_COLUMNS = (
     "run_id, workflow_id, status, snapshot, owner, lease_until, cancel_requested, "
-    "created_at, updated_at, cancel_reason, queued, workflow_version"
+    "created_at, updated_at, cancel_reason, queued, workflow_version, forked_from"
 )
 # A run's workflow and version as one value ("order.2"; "order." before versions existed):
 # workflow ids never hold a '.', so the key is unambiguous. Filters on known versions
@@ -88,6 +91,7 @@ def row_from_sql(values: Any) -> RunRow:
         cancel_reason=values[9],
         queued=bool(values[10]),
         workflow_version=values[11],
+        forked_from=values[12],
     )
 
 
@@ -125,9 +129,10 @@ class Storage(abc.ABC):
         *,
         queued: bool = False,
         workflow_version: str | None = None,
+        forked_from: str | None = None,
     ) -> None:
-        """Store a new run of `workflow_version` of its workflow; `ValueError` if the id
-        is taken. A `queued` run (status
+        """Store a new run of `workflow_version` of its workflow (forked from the run
+        `forked_from`, if given); `ValueError` if the id is taken. A `queued` run (status
         ``'pending'``) waits for a worker to take it with `claim_queued`."""
 
     @abc.abstractmethod

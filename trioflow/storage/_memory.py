@@ -56,6 +56,7 @@ class MemoryStorage(Storage):
         *,
         queued: bool = False,
         workflow_version: str | None = None,
+        forked_from: str | None = None,
     ) -> None:
         await trio.lowlevel.checkpoint()
         if run_id in self._rows:
@@ -73,6 +74,7 @@ class MemoryStorage(Storage):
                 updated_at=now,
                 queued=queued,
                 workflow_version=workflow_version,
+                forked_from=forked_from,
             )
         )
 
@@ -266,6 +268,7 @@ class MemoryStorage(Storage):
                 created_at=row.created_at,
                 updated_at=row.updated_at,
                 version=row.workflow_version,
+                forked_from=row.forked_from,
             )
             for row in rows[offset : offset + limit]
         ]

@@ -69,7 +69,7 @@ T = TypeVar("T")
 
 logger = logging.getLogger("trioflow")
 
-SCHEMA_VERSION = 2  # 2: workflow_version
+SCHEMA_VERSION = 2  # 2: workflow_version and forked_from
 CANCEL_CHANNEL = "trioflow_cancel"
 # Notified with the run id when an executor stops executing a run (ended or suspended).
 ENDED_CHANNEL = "trioflow_ended"
@@ -97,7 +97,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "WHERE status = 'pending' AND queued",
     ),
     # Runs stored before versions keep NULL: they take the version that first loads them.
-    2: ("ALTER TABLE trioflow_runs ADD COLUMN workflow_version TEXT",),
+    2: (
+        "ALTER TABLE trioflow_runs ADD COLUMN workflow_version TEXT",
+        "ALTER TABLE trioflow_runs ADD COLUMN forked_from TEXT",
+    ),
 }
 _NOT_ENDED = "status NOT IN ('success', 'failed', 'canceled')"
 # Deadlocks and serialization failures roll the transaction back: safe to run it again.
@@ -384,16 +387,18 @@ class PostgresStorage(Storage):
         *,
         queued: bool = False,
         workflow_version: str | None = None,
+        forked_from: str | None = None,
     ) -> None:
         errors = _psycopg().errors
+        values = (run_id, workflow_id, status, snapshot, queued, now, now)
 
         def work(conn: psycopg.Connection[Any]) -> None:
             try:
                 conn.execute(
                     "INSERT INTO trioflow_runs (run_id, workflow_id, status, snapshot, queued, "
-                    "created_at, updated_at, workflow_version) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                    (run_id, workflow_id, status, snapshot, queued, now, now, workflow_version),
+                    "created_at, updated_at, workflow_version, forked_from) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (*values, workflow_version, forked_from),
                 )
             except errors.UniqueViolation:
                 raise ValueError(
@@ -664,8 +669,9 @@ class PostgresStorage(Storage):
 
         def work(conn: psycopg.Connection[Any]) -> list[RunSummary]:
             rows = conn.execute(
-                "SELECT run_id, workflow_id, status, created_at, updated_at, workflow_version "
-                f"FROM trioflow_runs {clause}ORDER BY created_at DESC, run_id LIMIT %s OFFSET %s",
+                "SELECT run_id, workflow_id, status, created_at, updated_at, workflow_version, "
+                f"forked_from FROM trioflow_runs {clause}"
+                "ORDER BY created_at DESC, run_id LIMIT %s OFFSET %s",
                 (*params, limit, offset),
             ).fetchall()
             return [
@@ -676,6 +682,7 @@ class PostgresStorage(Storage):
                     created_at=r[3],
                     updated_at=r[4],
                     version=r[5],
+                    forked_from=r[6],
                 )
                 for r in rows
             ]

@@ -38,7 +38,7 @@ from ._base import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3  # 2: the queued column; 3: workflow_version
+SCHEMA_VERSION = 3  # 2: the queued column; 3: workflow_version and forked_from
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trioflow_runs (
     run_id TEXT PRIMARY KEY,
@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS trioflow_runs (
     cancel_reason TEXT,
     queued INTEGER NOT NULL DEFAULT 0,
     workflow_version TEXT,
+    forked_from TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -155,6 +156,7 @@ class SQLiteStorage(Storage):
                     )
                 if 1 <= version <= 2:  # runs stored before versions keep NULL
                     conn.execute("ALTER TABLE trioflow_runs ADD COLUMN workflow_version TEXT")
+                    conn.execute("ALTER TABLE trioflow_runs ADD COLUMN forked_from TEXT")
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
@@ -224,14 +226,17 @@ class SQLiteStorage(Storage):
         *,
         queued: bool = False,
         workflow_version: str | None = None,
+        forked_from: str | None = None,
     ) -> None:
+        values = (run_id, workflow_id, status, snapshot, queued, now, now)
+
         def work(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute(
                     "INSERT INTO trioflow_runs (run_id, workflow_id, status, snapshot, "
-                    "queued, created_at, updated_at, workflow_version) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, workflow_id, status, snapshot, queued, now, now, workflow_version),
+                    "queued, created_at, updated_at, workflow_version, forked_from) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*values, workflow_version, forked_from),
                 )
             except sqlite3.IntegrityError:
                 raise ValueError(
@@ -509,8 +514,9 @@ class SQLiteStorage(Storage):
 
         def work(conn: sqlite3.Connection) -> list[RunSummary]:
             rows = conn.execute(
-                "SELECT run_id, workflow_id, status, created_at, updated_at, workflow_version "
-                f"FROM trioflow_runs {clause}ORDER BY created_at DESC, run_id LIMIT ? OFFSET ?",
+                "SELECT run_id, workflow_id, status, created_at, updated_at, workflow_version, "
+                f"forked_from FROM trioflow_runs {clause}"
+                "ORDER BY created_at DESC, run_id LIMIT ? OFFSET ?",
                 (*params, limit, offset),
             ).fetchall()
             return [
@@ -521,6 +527,7 @@ class SQLiteStorage(Storage):
                     created_at=r[3],
                     updated_at=r[4],
                     version=r[5],
+                    forked_from=r[6],
                 )
                 for r in rows
             ]

@@ -293,6 +293,22 @@ function renderActions(actions, run, info, render) {
     } }, el("h3", {}, "Send an event"), el("label", { for: "event-name" }, "Event"), select, slot,
       el("button", { type: "submit" }, "Send"), message));
   }
+  const started = run.steps.filter((step) => step.started_at !== null).map((step) => step.path);
+  if ((TERMINAL.includes(run.status) || run.status === "suspended") && started.length) {
+    // Fork: a new run that keeps what ended before the chosen step and runs it again.
+    const select = el("select", { id: "fork-step" }, started.map((path) => el("option", { value: path }, path)));
+    const message = el("div");
+    parts.push(el("form", { class: "action", id: "fork-form", onsubmit: async (event) => {
+      event.preventDefault();
+      try {
+        const forked = await post(`${runPath}/fork`, { from_step: select.value });
+        location.hash = `#/runs/${encodeURIComponent(forked.run_id)}`;
+      } catch (error) {
+        showError(message, error);
+      }
+    } }, el("h3", {}, "Fork"), el("label", { for: "fork-step" }, "Run again from step"), select,
+      el("button", { type: "submit", id: "fork" }, "Fork"), message));
+  }
   if (parts.length === 1) parts.push(el("p", { class: "note" }, `Nothing to do: the run is ${run.status}.`));
   actions.replaceChildren(...parts);
 }
