@@ -66,6 +66,16 @@ def workflow_key(workflow_id: str, version: str | None) -> str:
     return f"{workflow_id}.{version or ''}"
 
 
+def workflow_filter(
+    workflow_ids: list[str], versions: Mapping[str, Iterable[str]] | None
+) -> tuple[str, list[str]]:
+    """The SQL expression and the values a filter on known workflows compares (``IN``
+    on SQLite, ``= ANY`` on PostgreSQL): the ids, or with `versions` the keys."""
+    if versions is None:
+        return "workflow_id", workflow_ids
+    return f"({WORKFLOW_KEY_SQL})", workflow_keys(versions)
+
+
 def workflow_keys(versions: Mapping[str, Iterable[str]]) -> list[str]:
     """The keys of runs on these versions of these workflows, and of each workflow's
     runs stored before versions existed (those take the version that loads them)."""

@@ -54,12 +54,11 @@ from .._results import RunStatus
 from ._base import (
     SQL_COLUMNS,
     TERMINAL_STATUSES,
-    WORKFLOW_KEY_SQL,
     RunRow,
     RunSummary,
     Storage,
     row_from_sql,
-    workflow_keys,
+    workflow_filter,
 )
 
 if TYPE_CHECKING:
@@ -485,7 +484,7 @@ class PostgresStorage(Storage):
         if not workflow_ids or limit < 1:
             await trio.lowlevel.checkpoint()
             return []
-        column, workflow_ids = _workflow_filter(workflow_ids, versions)
+        column, workflow_ids = workflow_filter(workflow_ids, versions)
 
         def work(conn: psycopg.Connection[Any]) -> list[RunRow]:
             rows = conn.execute(
@@ -531,7 +530,7 @@ class PostgresStorage(Storage):
         if not workflow_ids or limit < 1:
             await trio.lowlevel.checkpoint()
             return []
-        column, workflow_ids = _workflow_filter(workflow_ids, versions)
+        column, workflow_ids = workflow_filter(workflow_ids, versions)
 
         def work(conn: psycopg.Connection[Any]) -> list[str]:
             rows = conn.execute(
@@ -931,15 +930,6 @@ async def _in_thread(fn: Callable[[], T], cancel: Callable[[], None] | None) -> 
         if raise_cancel is not None:
             raise_cancel()
     return result.unwrap()
-
-
-def _workflow_filter(
-    workflow_ids: list[str], versions: Mapping[str, Iterable[str]] | None
-) -> tuple[str, list[str]]:
-    """The column and the values an `= ANY` filter on known workflows compares."""
-    if versions is None:
-        return "workflow_id", workflow_ids
-    return f"({WORKFLOW_KEY_SQL})", workflow_keys(versions)
 
 
 def _describe(dsn: str) -> str:

@@ -28,12 +28,11 @@ from .._results import RunStatus
 from ._base import (
     SQL_COLUMNS,
     TERMINAL_STATUSES,
-    WORKFLOW_KEY_SQL,
     RunRow,
     RunSummary,
     Storage,
     row_from_sql,
-    workflow_keys,
+    workflow_filter,
 )
 
 T = TypeVar("T")
@@ -338,7 +337,7 @@ class SQLiteStorage(Storage):
         if not workflow_ids or limit < 1:
             await trio.lowlevel.checkpoint()
             return []
-        column, workflow_ids = _workflow_filter(workflow_ids, versions)
+        column, workflow_ids = workflow_filter(workflow_ids, versions)
         marks = ", ".join("?" * len(workflow_ids))
 
         takeable = (
@@ -390,7 +389,7 @@ class SQLiteStorage(Storage):
         if not workflow_ids:
             await trio.lowlevel.checkpoint()
             return []
-        column, workflow_ids = _workflow_filter(workflow_ids, versions)
+        column, workflow_ids = workflow_filter(workflow_ids, versions)
         marks = ", ".join("?" * len(workflow_ids))
 
         def work(conn: sqlite3.Connection) -> list[str]:
@@ -533,15 +532,6 @@ class SQLiteStorage(Storage):
             ]
 
         return await self._call(work)
-
-
-def _workflow_filter(
-    workflow_ids: list[str], versions: Mapping[str, Iterable[str]] | None
-) -> tuple[str, list[str]]:
-    """The column and the values an `IN` filter on known workflows compares."""
-    if versions is None:
-        return "workflow_id", workflow_ids
-    return f"({WORKFLOW_KEY_SQL})", workflow_keys(versions)
 
 
 def _storage_error(path: str, exc: sqlite3.Error) -> StorageError:
