@@ -57,6 +57,13 @@ def _common_options() -> argparse.ArgumentParser:
         "current folder)",
     )
     group.add_argument(
+        "--dsn",
+        metavar="DSN",
+        default=argparse.SUPPRESS,
+        help="a PostgreSQL connection string: the runs are there, not in --db "
+        "(default: $TRIOFLOW_DSN)",
+    )
+    group.add_argument(
         "--json",
         action="store_true",
         default=argparse.SUPPRESS,
@@ -249,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error argparse has printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.db = getattr(args, "db", None) or os.environ.get("TRIOFLOW_DB") or DEFAULT_DB
+    args.dsn = getattr(args, "dsn", None) or os.environ.get("TRIOFLOW_DSN") or None
     args.json = getattr(args, "json", False)
     args.debug = getattr(args, "debug", False)
     try:

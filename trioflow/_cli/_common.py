@@ -3,6 +3,7 @@ opening the database, and the exit codes."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import json
@@ -19,6 +20,8 @@ from .._errors import ValidationError
 from .._schema import convert
 from .._step import Step
 from .._workflow import Workflow
+from ..storage import PostgresStorage, SQLiteStorage, Storage
+from ..storage._postgres import _describe as describe_dsn
 
 EXIT_SUCCESS = 0
 EXIT_FAILED = 1
@@ -246,7 +249,26 @@ def existing_db(path: str) -> str:
     return path
 
 
+def open_storage(
+    args: argparse.Namespace, *, read_only: bool = False, must_exist: bool = True
+) -> Storage:
+    """The storage the command works on: PostgreSQL at ``--dsn`` (or $TRIOFLOW_DSN), else
+    the SQLite file of ``--db`` (which must exist for commands that only look at runs)."""
+    if args.dsn:
+        return PostgresStorage(args.dsn, read_only=read_only)
+    path = existing_db(args.db) if must_exist else args.db
+    return SQLiteStorage(path, read_only=read_only)
+
+
+def place(args: argparse.Namespace) -> str:
+    """Where the runs are, for messages: the SQLite path, or the DSN without its password."""
+    if args.dsn:
+        return f"PostgreSQL ({describe_dsn(args.dsn)})"
+    return str(args.db)
+
+
 def not_found(run_id: str, db: str) -> CliError:
+    where = "" if db.startswith("PostgreSQL") else f" --db {db}"
     return CliError(
-        f"no run with id {run_id!r} in {db}; `trioflow runs list --db {db}` shows the stored runs"
+        f"no run with id {run_id!r} in {db}; `trioflow runs list{where}` shows the stored runs"
     )

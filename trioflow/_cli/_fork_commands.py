@@ -17,8 +17,15 @@ from .. import _snapshot
 from .._clock import wall_time
 from .._engine import open_engine
 from .._errors import RunNotFoundError
-from ..storage import SQLiteStorage
-from ._common import EXIT_FAILED, EXIT_SUCCESS, CliError, existing_db, json_dumps, load_workflow
+from ._common import (
+    EXIT_FAILED,
+    EXIT_SUCCESS,
+    CliError,
+    json_dumps,
+    load_workflow,
+    open_storage,
+    place,
+)
 from ._common import not_found as _not_found
 from ._run_command import Live, resume_hint
 from ._view import TextView
@@ -33,11 +40,11 @@ async def retry_command(args: argparse.Namespace) -> int:
 
 
 async def _fork(args: argparse.Namespace, from_step: str | None) -> int:
-    db = existing_db(args.db)
+    db = place(args)
     app = args.app or args.app_option
     workflow = load_workflow(app) if app is not None else None
     new_id = args.new_run_id or str(uuid.uuid4())
-    async with SQLiteStorage(db) as storage:
+    async with open_storage(args) as storage:
         try:
             row = await storage.load(args.run_id)
         except RunNotFoundError as exc:
@@ -83,7 +90,7 @@ async def _fork(args: argparse.Namespace, from_step: str | None) -> int:
             )
         return EXIT_SUCCESS
     with trio.CancelScope() as engine_scope:
-        async with open_engine(storage=SQLiteStorage(db), workflows=[workflow]) as engine:
+        async with open_engine(storage=open_storage(args), workflows=[workflow]) as engine:
             run = await engine.get_run(new_id)
             live = Live(run, json=args.json, grace=args.grace)
             if live.view is not None:

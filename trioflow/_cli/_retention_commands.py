@@ -12,8 +12,7 @@ import re
 
 from .._clock import wall_time
 from .._errors import RunNotFoundError
-from ..storage import SQLiteStorage
-from ._common import EXIT_FAILED, EXIT_SUCCESS, CliError, existing_db, json_dumps, not_found
+from ._common import EXIT_FAILED, EXIT_SUCCESS, CliError, json_dumps, not_found, open_storage, place
 from ._view import TextView
 
 FINISHED = ("success", "failed", "canceled")
@@ -32,8 +31,8 @@ def parse_age(text: str) -> dt.timedelta:
 
 
 async def delete_command(args: argparse.Namespace) -> int:
-    db = existing_db(args.db)
-    async with SQLiteStorage(db) as storage:
+    db = place(args)
+    async with open_storage(args) as storage:
         try:
             status = await storage.delete(args.run_id)
         except RunNotFoundError as exc:
@@ -52,10 +51,9 @@ async def delete_command(args: argparse.Namespace) -> int:
 
 
 async def prune_command(args: argparse.Namespace) -> int:
-    db = existing_db(args.db)
     statuses = FINISHED if args.status is None else (args.status,)
     before = wall_time() - args.older_than.total_seconds()
-    async with SQLiteStorage(db) as storage:
+    async with open_storage(args) as storage:
         count = await storage.prune(before, statuses)
     if args.json:
         print(json_dumps({"deleted": count}), flush=True)

@@ -23,7 +23,6 @@ from .._engine import open_engine
 from .._errors import AbortError
 from .._results import RunResult
 from .._run import Run
-from ..storage import SQLiteStorage
 from ._common import (
     DEFAULT_DB,
     CliError,
@@ -31,7 +30,9 @@ from ._common import (
     exit_code,
     json_dumps,
     load_workflow,
+    open_storage,
     parse_json_arg,
+    place,
 )
 from ._view import EventRenderer, TextView, summary_from_result
 
@@ -159,14 +160,15 @@ async def run_command(args: argparse.Namespace) -> int:
     data: Any = parse_json_arg(args.input, "--input")
     check_input(workflow, data)  # before any run is created
     with trio.CancelScope() as engine_scope:
-        async with open_engine(storage=SQLiteStorage(args.db), workflows=[workflow]) as engine:
+        storage = open_storage(args, must_exist=False)
+        async with open_engine(storage=storage, workflows=[workflow]) as engine:
             try:
                 run = await engine.create_run(workflow, run_id=args.run_id)
             except ValueError as exc:
                 raise CliError(f"{exc} (--run-id)") from exc
             live = Live(run, json=args.json, grace=args.grace)
             if live.view is not None:
-                live.view.line(f"run {run.run_id} of workflow {workflow.id!r} (db: {args.db})")
+                live.view.line(f"run {run.run_id} of workflow {workflow.id!r} (db: {place(args)})")
             result = await live.execute(lambda: run.start(input_data=data))
             # Runs of this workflow the engine took over (their process died) are left
             # for the next engine: this command executes only its own run.

@@ -34,7 +34,9 @@ from ._common import (
     json_dumps,
     load_workflow,
     not_found,
+    open_storage,
     parse_json_arg,
+    place,
 )
 from ._run_command import Live, resume_hint
 from ._view import (
@@ -70,8 +72,8 @@ def _print_json(value: Any) -> None:
 
 
 async def list_command(args: argparse.Namespace) -> int:
-    db = existing_db(args.db)
-    async with SQLiteStorage(db, read_only=True) as storage:
+    db = place(args)
+    async with open_storage(args, read_only=True) as storage:
         runs = await storage.list_runs(
             status=args.status,
             workflow_id=args.workflow,
@@ -144,8 +146,8 @@ def _step_detail(path: str, record: StepRecord, snapshot: Snapshot) -> str:
 
 
 async def show_command(args: argparse.Namespace) -> int:
-    db = existing_db(args.db)
-    async with SQLiteStorage(db, read_only=True) as storage:
+    db = place(args)
+    async with open_storage(args, read_only=True) as storage:
         row, snapshot = await _load(storage, args.run_id, db)
     summary = summary_from_snapshot(snapshot)
     if args.json:
@@ -192,8 +194,8 @@ async def show_command(args: argparse.Namespace) -> int:
 
 
 async def cancel_command(args: argparse.Namespace) -> int:
-    db = existing_db(args.db)
-    async with SQLiteStorage(db) as storage:
+    db = place(args)
+    async with open_storage(args) as storage:
         row, _ = await _load(storage, args.run_id, db)
         already = row.status in ("success", "failed", "canceled")
         status = row.status
@@ -251,7 +253,7 @@ async def resume_command(args: argparse.Namespace) -> int:
     if args.grace < 0:
         raise CliError("--grace must be 0 or more seconds")
     with trio.CancelScope() as engine_scope:
-        async with open_engine(storage=SQLiteStorage(db), workflows=[workflow]) as engine:
+        async with open_engine(storage=open_storage(args), workflows=[workflow]) as engine:
             row, _ = await _load(engine.storage, args.run_id, db)
             if row.workflow_id != workflow.id:
                 raise CliError(

@@ -10,8 +10,7 @@ import trio
 
 from .._engine import open_engine
 from .._web_entry import DEFAULT_HOST, DEFAULT_PORT, serve_http
-from ..storage import PostgresStorage, SQLiteStorage, Storage
-from ._common import CliError, load_workflow
+from ._common import CliError, load_workflow, open_storage, place
 
 
 async def serve_command(args: argparse.Namespace) -> int:
@@ -27,8 +26,8 @@ async def serve_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc).replace("token=...", "--token")) from exc
     workflows = [load_workflow(spec) for spec in args.apps]
-    storage: Storage = PostgresStorage(args.dsn) if args.dsn else SQLiteStorage(args.db)
-    where = "PostgreSQL" if args.dsn else args.db
+    storage = open_storage(args, must_exist=False)
+    where = place(args)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         # Stopping the server is a shutdown, not a cancel: leaving the engine by a
         # cancellation interrupts the runs executing here and leaves them recoverable.
@@ -78,9 +77,6 @@ def add_serve_parser(
         nargs="+",
         metavar="MODULE_OR_FILE:WORKFLOW",
         help="the workflows the server can start, resume and show",
-    )
-    serve.add_argument(
-        "--dsn", help="a PostgreSQL connection string (default: the SQLite file of --db)"
     )
     serve.add_argument(
         "--host",

@@ -10,14 +10,13 @@ import sys
 import trio
 
 from .._worker import serve_worker
-from ..storage import PostgresStorage, SQLiteStorage, Storage
-from ._common import load_workflow
+from ._common import load_workflow, open_storage, place
 
 
 async def worker_command(args: argparse.Namespace) -> int:
     workflows = [load_workflow(spec) for spec in args.apps]
-    storage: Storage = PostgresStorage(args.dsn) if args.dsn else SQLiteStorage(args.db)
-    where = "PostgreSQL" if args.dsn else args.db
+    storage = open_storage(args, must_exist=False)
+    where = place(args)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             start = functools.partial(
@@ -63,9 +62,6 @@ def add_worker_parser(
         nargs="+",
         metavar="MODULE_OR_FILE:WORKFLOW",
         help="the workflows this worker executes",
-    )
-    worker.add_argument(
-        "--dsn", help="a PostgreSQL connection string (default: the SQLite file of --db)"
     )
     worker.add_argument("--concurrency", type=int, default=4, metavar="N", help="runs at once (4)")
     worker.add_argument(

@@ -161,6 +161,7 @@ class PostgresStorage(Storage):
         connect_timeout: float = 10.0,
         reconnect_timeout: float = 30.0,
         statement_timeout: float | None = 30.0,
+        read_only: bool = False,
     ) -> None:
         _psycopg()
         if max_connections < 1:
@@ -174,6 +175,8 @@ class PostgresStorage(Storage):
             if not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         self.dsn = dsn
+        # Read only: create, migrate and listen for nothing (`trioflow runs list/show`).
+        self.read_only = read_only
         self.max_connections = max_connections
         self.notify_backstop = notify_backstop
         self.reconnect_timeout = reconnect_timeout
@@ -310,6 +313,35 @@ class PostgresStorage(Storage):
             return
         pg = _psycopg()
 
+        def check() -> psycopg.Connection[Any]:
+            conn = self._connect()
+            try:
+                conn.execute("SET default_transaction_read_only = on")
+                found = conn.execute("SELECT to_regclass('trioflow_meta')").fetchone()
+                version = None
+                if found is not None and found[0] is not None:
+                    row = conn.execute(
+                        "SELECT value FROM trioflow_meta WHERE key = 'schema_version'"
+                    ).fetchone()
+                    version = None if row is None else int(row[0])
+                conn.commit()
+            except pg.Error as exc:
+                conn.close()
+                raise _storage_error(self, exc) from exc
+            if version != SCHEMA_VERSION:
+                conn.close()
+                problem = (
+                    "no trioflow runs are stored there (no trioflow_meta table)"
+                    if version is None
+                    else f"its runs are of schema version {version}, this trioflow reads "
+                    f"{SCHEMA_VERSION}: open it once with an engine to upgrade it"
+                    if version < SCHEMA_VERSION
+                    else f"its runs were written by a newer trioflow (schema version "
+                    f"{version}); upgrade trioflow"
+                )
+                raise StorageError(f"{self!r}: {problem}")
+            return conn
+
         def migrate() -> psycopg.Connection[Any]:
             conn = self._connect()
             try:
@@ -346,8 +378,11 @@ class PostgresStorage(Storage):
             return conn
 
         # No reconnecting here: a wrong password, database or DSN fails at once.
-        conn = await trio.to_thread.run_sync(migrate)
+        conn = await trio.to_thread.run_sync(check if self.read_only else migrate)
         self._idle.append(conn)
+        if self.read_only:
+            self._open = True
+            return
         try:
             self._listener = await trio.to_thread.run_sync(self._listen)
         except BaseException:
