@@ -130,12 +130,11 @@ def step_statuses(tmp_path: Path, run_id: str) -> dict[str, str]:
 
 
 def test_help_documents_the_exit_codes(tmp_path: Path) -> None:
-    for args in (["--help"], ["run", "--help"], ["runs", "resume", "--help"]):
-        shown = trioflow(tmp_path, *args)
-        assert shown.returncode == 0
-        for line in ("0    success", "1    the run failed", "2    usage error", "3    the run is"):
-            assert line in shown.stdout
-        assert "130  the run was canceled" in shown.stdout
+    shown = trioflow(tmp_path, "--help")
+    assert shown.returncode == 0
+    for line in ("0    success", "1    the run failed", "2    usage error", "3    the run is"):
+        assert line in shown.stdout
+    assert "130  the run was canceled" in shown.stdout
 
 
 # --- trioflow run -------------------------------------------------------------------------
@@ -502,3 +501,30 @@ def test_list_and_show_work_on_a_database_in_a_read_only_folder(tmp_path: Path) 
         assert denied.returncode != 0
     finally:
         tmp_path.chmod(0o755)
+
+
+def test_bad_arguments_name_the_option_and_create_no_run(tmp_path: Path) -> None:
+    undecodable = os.fsdecode(b'{"order_id": "\xff"}')  # as argv gives bytes it cannot decode
+    done = subprocess.run(
+        command("--db", str(tmp_path / "runs.db"), "run", ORDER_APP, "--input", undecodable),
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 2
+    assert "--input is not UTF-8 text (an undecodable byte at position 14)" in done.stderr
+    assert not (tmp_path / "runs.db").exists()  # no orphan 'pending' run
+    limit = trioflow(tmp_path, "runs", "list", "--limit", "-1")
+    assert limit.returncode == 2 and "'-1' is not a whole number >= 1" in limit.stderr
+    data = trioflow(tmp_path, "runs", "resume", "x", APPROVAL_APP, "--data", "{bad")
+    assert data.returncode == 2
+    assert """quote it for the shell, e.g. --data '{"key": "value"}'""" in data.stderr
+
+
+def test_the_exit_code_table_is_in_trioflow_help_only(tmp_path: Path) -> None:
+    for args in (["run", "--help"], ["runs", "show", "--help"], ["worker", "--help"]):
+        shown = trioflow(tmp_path, *args).stdout
+        assert "130" not in shown
+        assert shown.rstrip().endswith("Exit codes: see `trioflow --help`.")

@@ -123,8 +123,8 @@ class UnstorableDataError(TrioflowError):
         self.where = where
         super().__init__(
             f"run {run_id!r} cannot be stored: {where} is not msgspec-encodable ({detail}); "
-            "steps of durable runs must return msgspec-encodable data (Structs, dicts, "
-            "lists, str, numbers...), or declare an output_schema"
+            "durable runs store only msgspec-encodable data (Structs, dicts, lists, UTF-8 "
+            "str, numbers...): return or pass such data, or declare a schema for it"
         )
 
 

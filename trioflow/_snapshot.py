@@ -184,8 +184,8 @@ def unstorable_detail(value: Any) -> str:
     try:
         _encoder.encode(value)
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-        return f"a {type(value).__name__}: {_describe(exc)}"
-    return f"a {type(value).__name__}"
+        return f"a value of type {type(value).__name__}: {_describe(exc)}"
+    return f"a value of type {type(value).__name__}"
 
 
 def decode(run_id: str, data: bytes) -> Snapshot:

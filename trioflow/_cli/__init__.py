@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -41,6 +41,9 @@ exit codes:
 
 Add --json to any command for one JSON document (or JSON lines while a run is
 followed); add --debug to see the traceback behind an error."""
+
+# Each command's --help points to the table instead of repeating it.
+SEE_EXIT_CODES = "Exit codes: see `trioflow --help`."
 
 STATUSES = ("pending", "running", "waiting", "suspended", "success", "failed", "canceled")
 
@@ -90,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=text,
             description=text,
             parents=[common],
-            epilog=EXIT_CODES_HELP,
+            epilog=SEE_EXIT_CODES,
             formatter_class=formatter,
         )
 
@@ -128,10 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser(
         "runs",
-        help="List, show, cancel, resume and watch stored runs.",
-        description="List, show, cancel, resume and watch the runs stored in the database.",
+        help="List, show, cancel, resume, watch, fork, retry and delete stored runs.",
+        description="Look after the runs stored in the database.",
         parents=[common],
-        epilog=EXIT_CODES_HELP,
+        epilog=SEE_EXIT_CODES,
         formatter_class=formatter,
     )
     actions = runs.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -140,8 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", choices=STATUSES, help="only runs with this status")
     listing.add_argument("--workflow", metavar="ID", help="only runs of this workflow id")
     listing.add_argument("--version", metavar="V", help="only runs on this workflow version")
-    listing.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (50)")
-    listing.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N")
+    listing.add_argument("--limit", type=_count(1), default=50, metavar="N", help="at most N (50)")
+    listing.add_argument(
+        "--offset", type=_count(0), default=0, metavar="N", help="skip the first N"
+    )
     listing.set_defaults(handler=list_command)
 
     for name, about in (
@@ -230,9 +235,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often to read the stored run (0.1)",
     )
     watch.set_defaults(handler=watch_command)
-    add_worker_parser(commands, common, EXIT_CODES_HELP)
-    add_serve_parser(commands, common, EXIT_CODES_HELP)
+    add_worker_parser(commands, common, SEE_EXIT_CODES)
+    add_serve_parser(commands, common, SEE_EXIT_CODES)
     return parser
+
+
+def _count(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `least`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {least}")
+        return value
+
+    return parse
 
 
 def _grace_option(parser: argparse.ArgumentParser) -> None:

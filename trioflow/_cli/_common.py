@@ -84,11 +84,18 @@ def parse_json_arg(text: str | None, option: str) -> Any:
                 ) from exc
             source = f"{option} @{path}"
     try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # bytes the terminal could not decode (surrogates)
+        raise CliError(
+            f"{source} is not UTF-8 text (an undecodable byte at position {exc.start}); "
+            "pass UTF-8 JSON"
+        ) from None
+    try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise CliError(
             f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; "
-            """quote it for the shell, e.g. --input '{"key": "value"}'"""
+            f"""quote it for the shell, e.g. {option} '{{"key": "value"}}'"""
         ) from exc
 
 
