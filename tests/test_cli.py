@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ORDER_APP = f"{ROOT / 'examples' / 'order_pipeline.py'}:workflow"
 APPROVAL_APP = f"{ROOT / 'examples' / 'approval_flow.py'}:workflow"
 ORDER = {"order_id": "A-1001", "sku": "trio-mug", "quantity": 2}
+REQUEST = {"request_id": "PO-7", "amount": 1250.0, "requester": "ada"}
 TIMEOUT = 20.0  # seconds any one command may take before the test fails
 
 # A step that ignores its abort signal for a long time (so only the scope's cancel
@@ -528,3 +529,16 @@ def test_the_exit_code_table_is_in_trioflow_help_only(tmp_path: Path) -> None:
         shown = trioflow(tmp_path, *args).stdout
         assert "130" not in shown
         assert shown.rstrip().endswith("Exit codes: see `trioflow --help`.")
+
+
+def test_a_run_whose_process_died_is_shown_orphaned(tmp_path: Path) -> None:
+    done = trioflow(tmp_path, "run", APPROVAL_APP, "--input", json.dumps(REQUEST), "--run-id", "o")
+    assert done.returncode == 3, done.stderr
+    with sqlite3.connect(tmp_path / "runs.db") as conn:  # as if killed while it ran
+        conn.execute("UPDATE trioflow_runs SET status = 'running', owner = 'dead', lease_until = 1")
+    conn.close()
+    shown = trioflow(tmp_path, "runs", "show", "o")
+    assert "orphaned: its lease expired and no process executes it" in shown.stdout
+    assert "o" in trioflow(tmp_path, "runs", "list").stdout.split("(orphaned)")[0]
+    document = json.loads(trioflow(tmp_path, "--json", "runs", "show", "o").stdout)
+    assert (document["orphaned"], document["lease_holder"]) == (True, "dead")

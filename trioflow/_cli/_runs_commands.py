@@ -64,6 +64,11 @@ async def _load(storage: Storage, run_id: str, db: str) -> tuple[RunRow, Snapsho
     return row, _snapshot.decode(run_id, row.snapshot)
 
 
+def orphaned(status: str, lease_until: float | None) -> bool:
+    """Executing by its status, but nobody's lease holds it: its process died."""
+    return status in ("running", "waiting") and (lease_until is None or lease_until < wall_time())
+
+
 def _print_json(value: Any) -> None:
     print(json_dumps(value), flush=True)
 
@@ -101,6 +106,8 @@ async def list_command(args: argparse.Namespace) -> int:
     )
     for r in runs:
         status = view.paint(f"{r.status:<10}", r.status)
+        if orphaned(r.status, r.lease_until):
+            status += " (orphaned)"
         view.line(
             f"{r.run_id:<{width}}  {r.workflow_id:<{wf_width}}  {r.version or '-':<{v_width}}  "
             f"{status} {local_time(r.created_at)}  {local_time(r.updated_at)}"
@@ -155,6 +162,10 @@ async def show_command(args: argparse.Namespace) -> int:
         del document["type"], document["elapsed"]
         document.update(
             version=row.workflow_version,
+            forked_from=row.forked_from,
+            lease_holder=row.owner,
+            lease_until=row.lease_until,
+            orphaned=orphaned(row.status, row.lease_until),
             created_at=row.created_at,
             updated_at=row.updated_at,
             input=snapshot.input,
@@ -167,6 +178,15 @@ async def show_command(args: argparse.Namespace) -> int:
     view.line(f"workflow  {snapshot.workflow_id} (version {row.workflow_version or '-'})")
     stopped = f" (interrupted: {', '.join(summary.interrupted)})" if summary.interrupted else ""
     view.line(f"status    {view.paint(snapshot.status, snapshot.status)}{stopped}")
+    if orphaned(row.status, row.lease_until):
+        view.line(
+            "          orphaned: its lease expired and no process executes it; an engine "
+            "that knows its workflow version takes it over (e.g. `trioflow worker APP`)"
+        )
+    elif row.owner is not None and row.lease_until is not None:
+        view.line(f"lease     held by {row.owner[:8]} until {local_time(row.lease_until)}")
+    if row.forked_from:
+        view.line(f"forked    from run {row.forked_from}")
     if summary.cancel_reason:
         view.line(f"reason    {summary.cancel_reason}")
     view.line(f"created   {local_time(row.created_at)}   updated {local_time(row.updated_at)}")
@@ -265,6 +285,9 @@ async def resume_command(args: argparse.Namespace) -> int:
                 hint = (
                     "a canceled run cannot be resumed"
                     if run.status == "canceled"
+                    else "it is orphaned (its process died): an engine that knows its workflow "
+                    "takes it over and it goes on by itself, e.g. `trioflow worker APP`"
+                    if orphaned(row.status, row.lease_until)
                     else "only a suspended run can be resumed"
                 )
                 raise CliError(f"run {args.run_id} is {run.status!r}; {hint}", EXIT_FAILED)

@@ -31,6 +31,9 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
     version: str | None = None
     #: The run this one was forked from (`Engine.fork_run`, `Engine.retry_run`).
     forked_from: str | None = None
+    #: Until when its executor's lease holds (None: nobody holds it): a ``'running'`` or
+    #: ``'waiting'`` run whose lease has passed is orphaned, until an engine takes it over.
+    lease_until: float | None = None
 
 
 class RunRow(msgspec.Struct, frozen=True, kw_only=True):

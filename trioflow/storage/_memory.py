@@ -269,6 +269,7 @@ class MemoryStorage(Storage):
                 updated_at=row.updated_at,
                 version=row.workflow_version,
                 forked_from=row.forked_from,
+                lease_until=row.lease_until,
             )
             for row in rows[offset : offset + limit]
         ]

@@ -704,7 +704,7 @@ class PostgresStorage(Storage):
         def work(conn: psycopg.Connection[Any]) -> list[RunSummary]:
             rows = conn.execute(
                 "SELECT run_id, workflow_id, status, created_at, updated_at, workflow_version, "
-                f"forked_from FROM trioflow_runs {clause}"
+                f"forked_from, lease_until FROM trioflow_runs {clause}"
                 "ORDER BY created_at DESC, run_id LIMIT %s OFFSET %s",
                 (*params, limit, offset),
             ).fetchall()
@@ -717,6 +717,7 @@ class PostgresStorage(Storage):
                     updated_at=r[4],
                     version=r[5],
                     forked_from=r[6],
+                    lease_until=r[7],
                 )
                 for r in rows
             ]

@@ -514,7 +514,7 @@ class SQLiteStorage(Storage):
         def work(conn: sqlite3.Connection) -> list[RunSummary]:
             rows = conn.execute(
                 "SELECT run_id, workflow_id, status, created_at, updated_at, workflow_version, "
-                f"forked_from FROM trioflow_runs {clause}"
+                f"forked_from, lease_until FROM trioflow_runs {clause}"
                 "ORDER BY created_at DESC, run_id LIMIT ? OFFSET ?",
                 (*params, limit, offset),
             ).fetchall()
@@ -527,6 +527,7 @@ class SQLiteStorage(Storage):
                     updated_at=r[4],
                     version=r[5],
                     forked_from=r[6],
+                    lease_until=r[7],
                 )
                 for r in rows
             ]
