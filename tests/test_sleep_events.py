@@ -291,3 +291,75 @@ async def test_cancel_ends_an_event_wait(autojump_clock: trio.testing.MockClock)
     assert seen == []
     with pytest.raises(trioflow.RunStateError):
         await run.send_event("go", {"by": "too late"})
+
+
+def _approval_with_timeout(calls: list[str]) -> trioflow.Workflow:
+    async def approve(ctx: trioflow.StepContext[Any]) -> Any:
+        calls.append(f"approve {ctx.resume_data}")
+        return ctx.resume_data
+
+    async def after(ctx: trioflow.StepContext[Any]) -> Any:
+        calls.append("after")
+        return ctx.input_data
+
+    return (
+        trioflow.create_workflow(id="timed-wait")
+        .wait_for_event("approved", trioflow.create_step(id="approve", execute=approve), timeout=5)
+        .then(trioflow.create_step(id="after", execute=after))
+        .commit()
+    )
+
+
+async def test_an_event_that_never_comes_fails_the_step_at_its_timeout(
+    autojump_clock: Any,
+) -> None:
+    calls: list[str] = []
+    run = await _approval_with_timeout(calls).create_run()
+    result = await run.start()
+    assert trio.current_time() == 5
+    assert result.status == "failed"
+    assert isinstance(result.error, trioflow.EventTimeoutError)
+    assert str(result.error).startswith("step 'approve' waited 5s for event 'approved'")
+    assert result.steps["approve"].status == "failed"
+    assert calls == []
+
+
+async def test_an_event_in_time_is_taken_and_the_timeout_never_fires(
+    autojump_clock: Any,
+) -> None:
+    calls: list[str] = []
+    run = await _approval_with_timeout(calls).create_run()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run.start)
+        await trio.sleep(3)
+        await run.send_event("approved", "yes")
+    assert run.status == "success"
+    assert trio.current_time() == 3
+    assert calls == ["approve yes", "after"]
+
+
+async def test_a_recovered_wait_keeps_its_deadline(trioflow_clock: Any) -> None:
+    calls: list[str] = []
+    workflow = _approval_with_timeout(calls)
+    storage = trioflow.MemoryStorage()
+
+    class Leave(Exception):
+        pass
+
+    with pytest.raises(Leave):
+        async with trioflow.open_engine(storage=storage, workflows=[workflow]) as engine:
+            run = await engine.create_run(workflow, run_id="w")
+            await run.start_soon()
+            await trio.sleep(4)
+            raise Leave  # the process stops; the run stays recoverable
+    async with trioflow.open_engine(storage=storage, workflows=[workflow]) as engine:
+        result = await (await engine.get_run("w")).result()
+    assert result.status == "failed"
+    assert isinstance(result.error, trioflow.EventTimeoutError)
+    assert trio.current_time() == 5  # not 4 + 5
+
+
+def test_an_event_timeout_must_be_a_positive_number() -> None:
+    step = trioflow.create_step(id="s", execute=lambda ctx: None)
+    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
+        trioflow.create_workflow(id="w").wait_for_event("e", step, timeout=0)

@@ -6,6 +6,7 @@ from ._abort import AbortSignal as AbortSignal
 from ._engine import Engine as Engine
 from ._engine import open_engine as open_engine
 from ._errors import AbortError as AbortError
+from ._errors import EventTimeoutError as EventTimeoutError
 from ._errors import RunNotFoundError as RunNotFoundError
 from ._errors import RunStateError as RunStateError
 from ._errors import SnapshotError as SnapshotError
@@ -67,6 +68,7 @@ __all__ = [
     "PostgresStorage",
     "RetryConfig",
     "Run",
+    "EventTimeoutError",
     "RunNotFoundError",
     "RunResult",
     "RunStateError",

@@ -59,6 +59,20 @@ class StepTimeoutError(TrioflowError, TimeoutError):
         )
 
 
+class EventTimeoutError(TrioflowError, TimeoutError):
+    """No event came to a ``.wait_for_event(name, step, timeout=...)`` in time; the step
+    is recorded ``'failed'`` with this error."""
+
+    def __init__(self, step_id: str, name: str, timeout: float) -> None:
+        self.step_id = step_id
+        self.name = name
+        self.timeout = timeout
+        super().__init__(
+            f"step {step_id!r} waited {timeout:g}s for event {name!r} and none came; send it "
+            "sooner (run.send_event) or raise the timeout"
+        )
+
+
 class StepFailedError(TrioflowError):
     """A step failed with an exception whose object is no longer at hand, such as a run
     loaded from storage in another process; ``type_name`` names the original class."""

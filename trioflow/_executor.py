@@ -23,7 +23,7 @@ import trio
 from . import _events as ev
 from ._abort import AbortController, AbortSignal, call_at
 from ._clock import wall_time
-from ._errors import AbortError, StepTimeoutError, ValidationError
+from ._errors import AbortError, EventTimeoutError, StepTimeoutError, ValidationError
 from ._realtime import run_in_thread
 from ._results import StepResult
 from ._schema import convert
@@ -775,10 +775,34 @@ async def _run_wait_for_event(frame: Frame, node: WaitEventNode, value: Any, key
     if data is NO_EVENT:
         # The waiting step stays in flight (the step's own start keeps its key): a cancel
         # that comes before the step begins still records it 'canceled'.
-        data = await _wait_step(run, path, value, key, run._wait_event, node.name)
+        if node.timeout is None:
+            data = await _wait_step(run, path, value, key, run._wait_event, node.name)
+        else:
+            data = await _wait_event_until(run, node, path, value, key)
     run._progress[path] = data
     await persist(run)
     return await run_step(frame, node.step, value, key, resume_data=data)
+
+
+async def _wait_event_until(run: Run, node: WaitEventNode, path: str, value: Any, key: Key) -> Any:
+    """`_wait_step` for an event, bounded by the node's timeout. Its wall-clock deadline
+    is kept in the run's progress (beside the path, like a sleep's), so a recovered run
+    waits only what is left of it."""
+    assert node.timeout is not None
+    marker = path + "@deadline"
+    deadline = run._progress.get(marker)
+    if deadline is None:  # the first wait: exactly the timeout, as a sleep does
+        run._progress[marker] = wall_time() + node.timeout
+        wait = node.timeout
+    else:
+        wait = max(0.0, deadline - wall_time())
+    with trio.move_on_after(wait) as waited:
+        data = await _wait_step(run, path, value, key, run._wait_event, node.name)
+    if not waited.cancelled_caught:
+        return data
+    error = EventTimeoutError(path, node.name, node.timeout)
+    _end(run, path, "failed", error=error, payload=value)
+    raise FailRun(error, path)
 
 
 NO_EVENT: Any = object()

@@ -79,11 +79,12 @@ class SleepNode:
 
 
 class WaitEventNode:
-    __slots__ = ("name", "step")
+    __slots__ = ("name", "step", "timeout")
 
-    def __init__(self, name: str, step: Step[Any, Any]) -> None:
+    def __init__(self, name: str, step: Step[Any, Any], timeout: float | None = None) -> None:
         self.name = name
         self.step = step
+        self.timeout = timeout
 
 
 Node = (
@@ -260,12 +261,23 @@ class Workflow:
         node_id = check_id("sleep", id or f"sleep-until-{len(self.nodes)}")
         return self._add(SleepNode(node_id, when, until=True))
 
-    def wait_for_event(self, name: str, step: Step[Any, Any]) -> Workflow:
+    def wait_for_event(
+        self, name: str, step: Step[Any, Any], *, timeout: float | None = None
+    ) -> Workflow:
         """Wait for `Run.send_event(name, data)`, then run `step` with the data as
-        ``ctx.resume_data`` (validated by its ``resume_schema``)."""
+        ``ctx.resume_data`` (validated by its ``resume_schema``). With `timeout`
+        (seconds of Trio's clock, kept across a recovery), a wait that sees no event in
+        time fails the step with `EventTimeoutError`."""
         if not isinstance(step, Step):
             raise TypeError(f".wait_for_event() takes a step, got {step!r}")
-        return self._add(WaitEventNode(name, step))
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+        ):
+            raise ValueError(
+                f".wait_for_event({name!r}, ...): timeout must be a number of seconds > 0, "
+                f"got {timeout!r}"
+            )
+        return self._add(WaitEventNode(name, step, timeout))
 
     def commit(self) -> Workflow:
         """Freeze the graph. Step ids must be unique within the workflow."""
