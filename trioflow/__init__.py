@@ -9,6 +9,7 @@ from ._errors import AbortError as AbortError
 from ._errors import EventTimeoutError as EventTimeoutError
 from ._errors import RunNotFoundError as RunNotFoundError
 from ._errors import RunStateError as RunStateError
+from ._errors import RunTimeoutError as RunTimeoutError
 from ._errors import SnapshotError as SnapshotError
 from ._errors import StepFailedError as StepFailedError
 from ._errors import StepTimeoutError as StepTimeoutError
@@ -72,6 +73,7 @@ __all__ = [
     "RunNotFoundError",
     "RunResult",
     "RunStateError",
+    "RunTimeoutError",
     "RunSummary",
     "SQLiteStorage",
     "SnapshotError",

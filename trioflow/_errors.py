@@ -59,6 +59,20 @@ class StepTimeoutError(TrioflowError, TimeoutError):
         )
 
 
+class RunTimeoutError(TrioflowError, TimeoutError):
+    """A run did not end within its timeout (``create_workflow(timeout=)``,
+    ``start(timeout=)``): it is interrupted as by a cancel (its signal's reason is this
+    error) and ends ``'failed'`` with it."""
+
+    def __init__(self, run_id: str, timeout: float) -> None:
+        self.run_id = run_id
+        self.timeout = timeout
+        super().__init__(
+            f"run {run_id!r} did not end within its timeout of {timeout:g}s; raise the "
+            "timeout (create_workflow(timeout=) or start(timeout=)) or make it faster"
+        )
+
+
 class EventTimeoutError(TrioflowError, TimeoutError):
     """No event came to a ``.wait_for_event(name, step, timeout=...)`` in time; the step
     is recorded ``'failed'`` with this error."""

@@ -152,9 +152,9 @@ def _replayed(run: Run, path: str, *, loop: bool = False) -> StepResult | None:
             return record
         if record.status == "suspended" and not run._is_resuming(path):
             raise SuspendRun(run._suspended_leaves(path))
-    if run.cancel_requested or run._lost:
-        # Canceled, or another process took the run over (a lost compare-and-set):
-        # checked before every step start, not left to the cancel scope.
+    if run.cancel_requested or run._lost or run._timeout_error is not None:
+        # Canceled, timed out, or another process took the run over (a lost
+        # compare-and-set): checked before every step start, not left to the cancel scope.
         raise StopRun
     return record
 
@@ -378,6 +378,8 @@ async def call_step(
                 run._leave_waiting()
         else:
             await trio.lowlevel.checkpoint()
+        if run._timeout_error is not None:  # nor is one of a run past its deadline
+            raise run._timeout_error
         if run.cancel_requested or run._lost:  # a canceled step is never retried
             raise AbortError("the run was canceled before this step could be retried")
 
@@ -658,7 +660,7 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
             if index in done:
                 continue
             await slots.acquire()
-            if failure or bailed or run.cancel_requested or run._lost:
+            if failure or bailed or run.cancel_requested or run._lost or run._timeout_error:
                 slots.release()
                 break
             nursery.start_soon(item, index)
@@ -667,7 +669,7 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
     if failure:
         _end(run, path, "failed", error=failure[0], payload=items)
         raise FailRun(failure[0], path)
-    if run.cancel_requested or run._lost:
+    if run.cancel_requested or run._lost or run._timeout_error is not None:
         raise StopRun
     if bailed:
         _end(run, path, "success", output=bailed[0].result, payload=items)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import uuid
 from collections import deque
 from functools import partial
@@ -23,9 +24,15 @@ import trio
 
 from . import _events as ev
 from . import _follow, _snapshot
-from ._abort import AbortController
+from ._abort import AbortController, Timer, call_at
 from ._clock import wall_time
-from ._errors import RunStateError, StorageError, UnstorableDataError, ValidationError
+from ._errors import (
+    RunStateError,
+    RunTimeoutError,
+    StorageError,
+    UnstorableDataError,
+    ValidationError,
+)
 from ._executor import (
     NO_EVENT,
     BailRun,
@@ -67,6 +74,7 @@ class Run:
 
     __slots__ = (
         "_controller",
+        "_deadline",
         "_done",
         "_encoded",
         "_engine",
@@ -91,6 +99,8 @@ class Run:
         "_steps",
         "_stored_status",
         "_suspended",
+        "_timeout",
+        "_timeout_error",
         "_unknown_version",
         "_waiting",
         "_watchers",
@@ -133,6 +143,11 @@ class Run:
         self._fault: FailRun | None = None
         # The run this one was forked from: it starts with that run's input.
         self._forked_from: str | None = None
+        # The run's timeout (seconds), its wall-clock deadline once it first executed
+        # (both stored: they survive recovery), and the error once it passed.
+        self._timeout: float | None = workflow.timeout
+        self._deadline: float | None = None
+        self._timeout_error: RunTimeoutError | None = None
         # The stored version of a run loaded by an engine that does not know it (the
         # records are read with the latest definition; the run is never executed here).
         self._unknown_version: str | None = None
@@ -159,9 +174,15 @@ class Run:
         input_data: Any = None,
         *,
         initial_state: Any = None,
+        # The run's own timeout, stored with it: not a bound on this call (ASYNC109).
+        timeout: float | None = None,  # noqa: ASYNC109
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> RunResult:
         """Execute the run from its first step; the result once it stops executing.
+
+        `timeout` (default: the workflow's) bounds the whole run, suspended and waiting
+        time included, from now: when it passes, the run is interrupted as by `cancel()`
+        (its signal aborts with a `RunTimeoutError`) and ends ``'failed'`` with it.
 
         A run canceled before it started returns its ``'canceled'`` result. With
         ``await nursery.start(run.start, input_data)``, the start returns once the run
@@ -169,14 +190,20 @@ class Run:
         the nursery; cancelling that nursery is a cancellation from outside the run.
         """
         await trio.lowlevel.checkpoint()
-        if await self._prepare_start(input_data, initial_state):
+        if await self._prepare_start(input_data, initial_state, timeout):
             return await self._execute(task_status)
         task_status.started()  # canceled before it started: nothing more will happen
         return self.result_nowait()
 
-    async def start_soon(self, input_data: Any = None, *, initial_state: Any = None) -> None:
+    async def start_soon(
+        self,
+        input_data: Any = None,
+        *,
+        initial_state: Any = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the run's, as for start()
+    ) -> None:
         """Start a durable run in its engine's nursery and return at once; wait for it
-        with `result()`."""
+        with `result()`. `timeout` as for `start`."""
         engine = self._engine
         if engine is None:
             raise RuntimeError(
@@ -184,7 +211,7 @@ class Run:
                 "inside open_engine(), or await run.start() instead"
             )
         await trio.lowlevel.checkpoint()
-        if await self._prepare_start(input_data, initial_state):
+        if await self._prepare_start(input_data, initial_state, timeout):
             self._executing = True
             if self._done is None or self._done.is_set():
                 self._done = trio.Event()
@@ -202,20 +229,27 @@ class Run:
             await trio.lowlevel.checkpoint()
         return self.result_nowait()
 
-    async def _prepare_start(self, input_data: Any, initial_state: Any) -> bool:
+    async def _prepare_start(
+        self, input_data: Any, initial_state: Any, run_timeout: float | None = None
+    ) -> bool:
         """Check that the run may start and take it; False for a canceled run."""
+        timeout = None if run_timeout is None else _check_timeout(run_timeout)
         if self._engine is not None and not self._executing:
             # While this start loads and claims the run, a cancel() of this handle is a
             # cancel of a run executing here: it waits for the start and is not raced.
             self._executing = True
             self._done = trio.Event()
             try:
-                return await self._prepare_durable_start(input_data, initial_state)
+                started = await self._prepare_durable_start(input_data, initial_state)
             except BaseException:
                 self._executing = False
                 self._done.set()
                 raise
-        return self._prepare_memory_start(input_data, initial_state)
+        else:
+            started = self._prepare_memory_start(input_data, initial_state)
+        if started and timeout is not None:  # after the stored run was loaded
+            self._timeout = timeout
+        return started
 
     async def _prepare_durable_start(self, input_data: Any, initial_state: Any) -> bool:
         engine = self._engine
@@ -483,6 +517,7 @@ class Run:
         output: Any = None
         token = _current_run.set(self)
         engine = self._engine
+        timer = self._start_deadline()
         try:
             with scope:
                 try:
@@ -501,10 +536,14 @@ class Run:
         finally:
             _current_run.reset(token)
             self._executing = False
-            # An outcome, or our own cancel: record it. Otherwise the cancellation came
-            # from outside and the run stays as it was at its last transition.
+            if timer is not None:
+                timer.cancel()
+            # An outcome, our own cancel or our timeout: record it. Otherwise the
+            # cancellation came from outside and the run stays as it was at its last
+            # transition.
+            stopped = self.cancel_requested or self._timeout_error is not None
             try:
-                if (outcome is not None or self.cancel_requested) and not self._lost:
+                if (outcome is not None or stopped) and not self._lost:
                     self._finish(outcome)
                     if engine is not None:
                         await engine._save(self, release=True)
@@ -520,6 +559,26 @@ class Run:
             # Another process took the run over (or ended it): its outcome is the result.
             await engine._wait_stored(self)
         return self.result_nowait()
+
+    def _start_deadline(self) -> Timer | None:
+        """Arm the run's timeout for this execution: the whole timeout the first time
+        (from now), what is left of it after that (a resume, a recovery)."""
+        if self._timeout is None:
+            return None
+        if self._deadline is None:
+            self._deadline = wall_time() + self._timeout
+            wait = self._timeout
+        else:
+            wait = max(0.0, self._deadline - wall_time())
+        return call_at(trio.current_time() + wait, self._time_out)
+
+    def _time_out(self) -> None:
+        """The deadline passed: interrupt the run as a cancel does; it ends 'failed'."""
+        if self._timeout_error is not None or self.cancel_requested or not self._executing:
+            return
+        assert self._timeout is not None
+        self._timeout_error = RunTimeoutError(self.run_id, self._timeout)
+        self._interrupt(self._timeout_error, cancel_scope=True)
 
     def _raise_fault(self) -> None:
         """Raise the failure recorded when some of the run's data could not be stored."""
@@ -600,6 +659,14 @@ class Run:
             reached = "suspended"
         elif isinstance(outcome, BailRun):
             reached = "success"
+        if self._timeout_error is not None and not self.cancel_requested:
+            # The deadline passed: whatever the step loop reached, the run failed with
+            # the timeout; the steps it interrupted are recorded as a cancel records them.
+            self._cancel_in_flight(())
+            self._error = self._timeout_error
+            self._result = None
+            self._status = "failed"
+            return
         status = final_status(reached, cancel_requested=self.cancel_requested)
         if status == "canceled":
             self._cancel_in_flight(())
@@ -695,6 +762,8 @@ class Run:
             states=self._states,
             suspended=self._suspended,
             pending_events={name: list(q) for name, q in self._pending_events.items()},
+            timeout=self._timeout,
+            deadline=self._deadline,
             cancel_requested=self.cancel_requested,
             cancel_reason=_snapshot.reason_text(self._controller.signal.reason)
             if self.cancel_requested
@@ -753,6 +822,8 @@ class Run:
             name: deque(_retype(data, _event_schema(workflow, name)) for data in queue)
             for name, queue in snapshot.pending_events.items()
         }
+        if snapshot.timeout is not None:
+            self._timeout, self._deadline = snapshot.timeout, snapshot.deadline
         if snapshot.cancel_requested and not self.cancel_requested:
             # A loaded run reads the stored reason (None: the default AbortError).
             self.cancel_requested = True
@@ -905,6 +976,14 @@ def _find_node(workflow: Workflow, parts: list[str]) -> Node | None:
                     rest = rest[1:]
                 return _find_node(candidate, rest) if rest else None
     return None
+
+
+def _check_timeout(timeout: object) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds, got {timeout!r}")
+    if not 0 < timeout < math.inf:
+        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    return float(timeout)
 
 
 def _initial_state(workflow: Workflow, initial_state: Any) -> Any:

@@ -73,6 +73,8 @@ class Snapshot(msgspec.Struct, kw_only=True, omit_defaults=True):
     pending_events: dict[str, list[Any]] = {}
     cancel_requested: bool = False
     cancel_reason: str | None = None
+    timeout: float | None = None  # the run's timeout in seconds
+    deadline: float | None = None  # wall-clock, set when the run first executed
     outputs: list[OutputRecord] = []
 
 

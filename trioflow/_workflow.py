@@ -136,6 +136,7 @@ class Workflow:
         "output_schema",
         "retry_config",
         "state_schema",
+        "timeout",
     )
 
     def __init__(
@@ -148,8 +149,18 @@ class Workflow:
         retry_config: RetryConfig | None = None,
         description: str | None = None,
         version: str | None = None,
+        timeout: float | None = None,
     ) -> None:
         self.id = check_id("workflow", id)
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < float("inf")
+        ):
+            raise ValueError(
+                f"workflow {id!r}: timeout must be a number of seconds > 0, got {timeout!r}"
+            )
+        self.timeout = timeout
         if version is not None and (not isinstance(version, str) or not version.strip()):
             raise ValueError(
                 f"workflow {id!r}: version must be a non-empty string, got {version!r}; "
@@ -401,9 +412,11 @@ def create_workflow(
     retry_config: RetryConfig | None = None,
     description: str | None = None,
     version: str | None = None,
+    timeout: float | None = None,
 ) -> Workflow:
     """A new workflow; chain `.then()` and the rest, then `.commit()`. Without
-    `version`, the version is derived from the definition (`Workflow.version`)."""
+    `version`, the version is derived from the definition (`Workflow.version`).
+    `timeout` bounds each run, from its first start (`RunTimeoutError`)."""
     return Workflow(
         id=id,
         input_schema=input_schema,
@@ -412,4 +425,5 @@ def create_workflow(
         retry_config=retry_config,
         description=description,
         version=version,
+        timeout=timeout,
     )
