@@ -77,6 +77,12 @@ class FaultyStorage(Storage):
     async def cancel_requests(self, *args: Any, **kwargs: Any) -> Any:
         return await self._pass("cancel_requests", *args, **kwargs)
 
+    async def put_event(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._pass("put_event", *args, **kwargs)
+
+    async def events_for(self, **kwargs: Any) -> Any:
+        return await self._pass("events_for", **kwargs)
+
     async def delete(self, *args: Any, **kwargs: Any) -> Any:
         return await self._pass("delete", *args, **kwargs)
 

@@ -1264,7 +1264,9 @@ async def test_every_snapshot_written_is_the_plain_encoding_of_the_run() -> None
     assert storage.checked >= 12
 
 
-async def test_events_reach_a_durable_run_only_where_it_executes(new_storage: NewStorage) -> None:
+async def test_events_reach_a_durable_run_from_any_engine(new_storage: NewStorage) -> None:
+    """An event sent to a durable run is stored: one sent before the run starts is kept
+    until the run waits for it; one sent from another engine reaches the executing one."""
     calls: list[Any] = []
 
     @trioflow.step(id="shipped", resume_schema=Answer)
@@ -1274,15 +1276,21 @@ async def test_events_reach_a_durable_run_only_where_it_executes(new_storage: Ne
 
     wf = trioflow.create_workflow(id="events").wait_for_event("go", shipped).commit()
     async with engine(new_storage, wf) as eng, engine(new_storage, wf) as other:
+        early = await eng.create_run(wf, run_id="early")
+        await early.send_event("go", {"ok": True})  # pending: kept until waited for
+        await early.start_soon()
+        assert (await early.result()).result is True
         run = await eng.create_run(wf, run_id="r")
-        with pytest.raises(trioflow.RunStateError, match="'r' is not executing in this process"):
-            await run.send_event("go", {"ok": True})  # pending: it would be lost at start
         await run.start_soon()
         with trio.fail_after(5):
             while (await stored(new_storage, "r")).status != "waiting":  # noqa: ASYNC110
                 await trio.sleep(0.01)
-        with pytest.raises(trioflow.RunStateError, match="send its events where it executes"):
+        await (await other.get_run("r")).send_event("go", {"ok": False})
+        with trio.fail_after(5):
+            assert (await run.result()).result is False
+        with pytest.raises(trioflow.RunStateError, match="'r' is success; it takes no events"):
             await (await other.get_run("r")).send_event("go", {"ok": True})
-        await run.send_event("go", {"ok": True})
-        assert (await run.result()).result is True
-    assert calls == [Answer(ok=True)]
+        pending = await eng.create_run(wf)
+        with pytest.raises(trioflow.ValidationError):  # validated where it is sent
+            await (await other.get_run(pending.run_id)).send_event("go", {"ok": "maybe"})
+    assert calls == [Answer(ok=True), Answer(ok=False)]

@@ -319,6 +319,7 @@ class Engine:
         if row is None:
             return False
         run._load_row(row)
+        run._take_stored_events(await self.storage.events_for(run_id=run.run_id))
         self._add_live(run)
         return True
 
@@ -529,6 +530,7 @@ class Engine:
                     version = await self.storage.data_version()
                     if version != seen_version:
                         delivered = True
+                        await self._pass_events()
                         for run_id, reason in await self.storage.cancel_requests(self.owner_id):
                             run = self._live.get(run_id)
                             if run is not None:
@@ -598,6 +600,7 @@ class Engine:
                 self._unreadable.add(run_id)
                 logger.exception("cannot recover run %s; it is left as stored", run_id)
                 continue
+            run._take_stored_events(await self.storage.events_for(run_id=run_id))
             logger.info("recovering run %s of %s", run_id, row.workflow_id)
             if row.cancel_requested:  # asked while its executor was dying
                 run._request_cancel(row.cancel_reason, cancel_scope=False)
@@ -622,6 +625,17 @@ class Engine:
                 early[run_id] = reason
         self._early_cancels = early
 
+    async def _pass_events(self) -> None:
+        """Pass the events stored for runs this engine executes (sent from another
+        process) to those runs."""
+        if not self._live:
+            return
+        events = await self.storage.events_for(owner=self.owner_id)
+        for run_id in {event.run_id for event in events}:
+            run = self._live.get(run_id)
+            if run is not None:
+                run._take_stored_events(events)
+
     async def _listen_cancels(self) -> None:
         """For storages that notify cancel requests: wait for one, then look."""
         failures = 0
@@ -630,6 +644,7 @@ class Engine:
                 await self.storage.wait_cancel_requests()
                 if self._live or self.workers:
                     await self._pass_cancels()
+                    await self._pass_events()
             except StorageError as exc:
                 # Storage down for a while: the runs executing here go on; look again
                 # (the backend reconnects), backing off to the lease's third.
@@ -656,6 +671,12 @@ class Engine:
 
     async def _drive_claimed(self, run: Run) -> None:
         try:
+            try:
+                run._take_stored_events(await self.storage.events_for(run_id=run.run_id))
+            except StorageError as exc:  # taken later, as they are for a running run
+                logger.warning(
+                    "run %s: its stored events could not be read yet: %s", run.run_id, exc
+                )
             await self._drive(run)
         finally:
             self._slot_freed.set()

@@ -58,7 +58,7 @@ from ._workflow import ForeachNode, LoopNode, Node, WaitEventNode, Workflow, nod
 
 if TYPE_CHECKING:
     from ._engine import Engine
-    from .storage import RunRow
+    from .storage import RunRow, StoredEvent
 
 logger = logging.getLogger("trioflow")
 # The fields of a step record that hold user data (checked when a run cannot be stored).
@@ -80,6 +80,7 @@ class Run:
         "_engine",
         "_error",
         "_event_arrived",
+        "_events_taken",
         "_executing",
         "_fault",
         "_forked_from",
@@ -130,6 +131,9 @@ class Run:
         self._resuming: str | None = None
         self._waiting = 0
         self._pending_events: dict[str, deque[Any]] = {}
+        # The number of the last event taken from the storage (`send_event` from another
+        # process): stored with the run, so that none is taken twice or lost.
+        self._events_taken = 0
         self._event_arrived: trio.Event | None = None
         self._watchers = ev.Watchers()
         self._engine: Engine | None = None
@@ -461,20 +465,14 @@ class Run:
         """
         await trio.lowlevel.checkpoint()
         if self._status in TERMINAL:
-            raise RunStateError(
-                self.run_id,
-                self._status,
-                f"run {self.run_id!r} is {self._status}; it takes no events",
-            )
-        if self._engine is not None and not self._executing:
-            # Events live in the executing process until its next snapshot: one sent to
-            # a durable run that does not execute here would be lost without a word.
-            raise RunStateError(
-                self.run_id,
-                self._status,
-                f"run {self.run_id!r} is not executing in this process; send its events "
-                "where it executes (after start_soon() or during start())",
-            )
+            raise _no_events(self.run_id, self._status)
+        engine = self._engine
+        if engine is not None and not self._executing:
+            live = engine._live.get(self.run_id)
+            if live is not None and live is not self:  # executing here, by another handle
+                return await live.send_event(name, data)
+            await self._store_event(engine, name, data)
+            return
         node = _find_event_node(self.workflow, name)
         if node is None:
             raise ValueError(
@@ -486,6 +484,39 @@ class Run:
         if self._event_arrived is not None:
             self._event_arrived.set()
             self._event_arrived = None
+
+    async def _store_event(self, engine: Engine, name: str, data: Any) -> None:
+        """Send an event to a durable run that does not execute here: stored, and taken
+        by the process that executes the run as soon as it hears of it (as of a cancel
+        request), or by the engine that starts or resumes it."""
+        node = _find_event_node(self.workflow, name)
+        if node is None:
+            raise ValueError(
+                f"workflow {self.workflow.id!r} has no .wait_for_event({name!r}, ...); "
+                "check the event name"
+            )
+        data = convert(data, node.step.resume_schema, step_id=node.step.id, what="event data")
+        encoded = _snapshot.encode_value(self.run_id, f"the data of event {name!r}", data)
+        status = await engine.storage.put_event(self.run_id, name, encoded, wall_time())
+        if status in TERMINAL:
+            raise _no_events(self.run_id, status)
+        live = engine._live.get(self.run_id)
+        if live is not None:  # taken here meanwhile: SQLite does not tell us of our writes
+            live._take_stored_events(await engine.storage.events_for(run_id=self.run_id))
+
+    def _take_stored_events(self, events: list[StoredEvent]) -> None:
+        """Queue the events sent through the storage that this run has not taken yet."""
+        for event in events:
+            if event.run_id != self.run_id or event.seq <= self._events_taken:
+                continue
+            data = _retype(
+                msgspec.json.decode(event.data), _event_schema(self.workflow, event.name)
+            )
+            self._pending_events.setdefault(event.name, deque()).append(data)
+            self._events_taken = event.seq
+            if self._event_arrived is not None:
+                self._event_arrived.set()
+                self._event_arrived = None
 
     def result_nowait(self) -> RunResult:
         """The run's result as it stands now."""
@@ -762,6 +793,7 @@ class Run:
             states=self._states,
             suspended=self._suspended,
             pending_events={name: list(q) for name, q in self._pending_events.items()},
+            events_taken=self._events_taken,
             timeout=self._timeout,
             deadline=self._deadline,
             cancel_requested=self.cancel_requested,
@@ -822,6 +854,7 @@ class Run:
             name: deque(_retype(data, _event_schema(workflow, name)) for data in queue)
             for name, queue in snapshot.pending_events.items()
         }
+        self._events_taken = max(self._events_taken, snapshot.events_taken)
         if snapshot.timeout is not None:
             self._timeout, self._deadline = snapshot.timeout, snapshot.deadline
         if snapshot.cancel_requested and not self.cancel_requested:
@@ -976,6 +1009,10 @@ def _find_node(workflow: Workflow, parts: list[str]) -> Node | None:
                     rest = rest[1:]
                 return _find_node(candidate, rest) if rest else None
     return None
+
+
+def _no_events(run_id: str, status: str) -> RunStateError:
+    return RunStateError(run_id, status, f"run {run_id!r} is {status}; it takes no events")
 
 
 def _check_timeout(timeout: object) -> float:

@@ -73,6 +73,7 @@ class Snapshot(msgspec.Struct, kw_only=True, omit_defaults=True):
     pending_events: dict[str, list[Any]] = {}
     cancel_requested: bool = False
     cancel_reason: str | None = None
+    events_taken: int = 0  # the number of the last event taken from the storage
     timeout: float | None = None  # the run's timeout in seconds
     deadline: float | None = None  # wall-clock, set when the run first executed
     outputs: list[OutputRecord] = []
@@ -166,6 +167,14 @@ def _encode(run_id: str, value: Any) -> bytes:
         # ValueError: UnicodeEncodeError, a str with lone surrogates (os.fsdecode of a
         # non-UTF-8 file name) that JSON cannot hold.
         raise UnstorableDataError(run_id, "some of its data", _describe(exc)) from exc
+
+
+def encode_value(run_id: str, where: str, value: Any) -> bytes:
+    """`value` as JSON; `UnstorableDataError` naming `where` if msgspec cannot encode it."""
+    try:
+        return _encoder.encode(value)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        raise UnstorableDataError(run_id, where, _describe(exc)) from exc
 
 
 def encodable(value: Any) -> bool:

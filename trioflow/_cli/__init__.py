@@ -14,6 +14,7 @@ import trio
 from .. import __version__
 from .._errors import SnapshotError, StorageError
 from ._common import DEFAULT_DB, EXIT_CANCELED, EXIT_FAILED, EXIT_USAGE, CliError
+from ._event_command import send_event_command
 from ._fork_commands import fork_command, retry_command
 from ._retention_commands import delete_command, parse_age, prune_command
 from ._run_command import run_command
@@ -167,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
         forking.add_argument("--new-run-id", metavar="ID", help="the new run's id (a UUID4)")
         _grace_option(forking)
         forking.set_defaults(handler=fork_command if name == "fork" else retry_command)
+
+    send = sub(actions, "send-event", "Send an event to a run's .wait_for_event(NAME, ...).")
+    send.add_argument("run_id", metavar="RUN_ID")
+    send.add_argument("name", metavar="NAME")
+    send.add_argument("--data", metavar="JSON", help="the event's data: JSON text or @file.json")
+    send.set_defaults(handler=send_event_command)
 
     delete = sub(actions, "delete", "Delete a finished run (cancel one that is not first).")
     delete.add_argument("run_id", metavar="RUN_ID")

@@ -3,6 +3,7 @@
 from ._base import RunRow as RunRow
 from ._base import RunSummary as RunSummary
 from ._base import Storage as Storage
+from ._base import StoredEvent as StoredEvent
 from ._memory import MemoryStorage as MemoryStorage
 from ._postgres import PostgresStorage as PostgresStorage
 from ._sqlite import SQLiteStorage as SQLiteStorage
@@ -12,6 +13,7 @@ __all__ = [
     "PostgresStorage",
     "RunRow",
     "RunSummary",
+    "StoredEvent",
     "SQLiteStorage",
     "Storage",
 ]

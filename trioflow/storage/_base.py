@@ -54,6 +54,15 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     forked_from: str | None = None
 
 
+class StoredEvent(msgspec.Struct, frozen=True):
+    """An event sent to a run through the storage: `data` is its JSON."""
+
+    run_id: str
+    seq: int
+    name: str
+    data: bytes
+
+
 # The columns of the runs table of the SQL backends, in the order `row_from_sql` reads.
 SQL_COLUMNS = (
     "run_id, workflow_id, status, snapshot, owner, lease_until, cancel_requested, "
@@ -225,6 +234,21 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def cancel_requests(self, owner: str) -> list[tuple[str, str | None]]:
         """(run id, reason) of the runs `owner` executes that were asked to cancel."""
+
+    @abc.abstractmethod
+    async def put_event(self, run_id: str, name: str, data: bytes, now: float) -> RunStatus:
+        """Store an event for the run (`Run.send_event` from any process) unless the run
+        has ended; the run's status either way. `RunNotFoundError` if there is none.
+        Events are numbered in the order stored; the executor takes them in that order
+        (`events_for`) and keeps the number of the last one it took in the run's
+        snapshot, so none is lost or taken twice across a crash."""
+
+    @abc.abstractmethod
+    async def events_for(
+        self, *, owner: str | None = None, run_id: str | None = None
+    ) -> list[StoredEvent]:
+        """The stored events of the runs `owner` holds (that have not ended), or of one
+        run, oldest first."""
 
     @abc.abstractmethod
     async def delete(self, run_id: str) -> RunStatus:

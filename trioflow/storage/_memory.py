@@ -16,6 +16,7 @@ from ._base import (
     RunRow,
     RunSummary,
     Storage,
+    StoredEvent,
     workflow_key,
     workflow_keys,
 )
@@ -28,6 +29,8 @@ class MemoryStorage(Storage):
 
     def __init__(self) -> None:
         self._rows: dict[str, RunRow] = {}
+        # Events sent through the storage (`put_event`), numbered from 1.
+        self._events: list[StoredEvent] = []
         self._version = 0
 
     async def open(self) -> None:
@@ -215,6 +218,27 @@ class MemoryStorage(Storage):
             for row in self._rows.values()
             if row.owner == owner and row.cancel_requested and row.status not in TERMINAL_STATUSES
         ]
+
+    async def put_event(self, run_id: str, name: str, data: bytes, now: float) -> RunStatus:
+        await trio.lowlevel.checkpoint()
+        row = self._get(run_id)
+        if row.status not in TERMINAL_STATUSES:
+            self._events.append(StoredEvent(run_id, len(self._events) + 1, name, data))
+            self._version += 1
+        return row.status
+
+    async def events_for(
+        self, *, owner: str | None = None, run_id: str | None = None
+    ) -> list[StoredEvent]:
+        await trio.lowlevel.checkpoint()
+        found = []
+        for event in self._events:
+            row = self._rows.get(event.run_id)
+            if row is None or row.status in TERMINAL_STATUSES:
+                continue
+            if (owner is None or row.owner == owner) and (run_id in (None, event.run_id)):
+                found.append(event)
+        return found
 
     async def delete(self, run_id: str) -> RunStatus:
         await trio.lowlevel.checkpoint()

@@ -57,6 +57,7 @@ from ._base import (
     RunRow,
     RunSummary,
     Storage,
+    StoredEvent,
     row_from_sql,
     workflow_filter,
 )
@@ -99,6 +100,14 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
         "ALTER TABLE trioflow_runs ADD COLUMN workflow_version TEXT",
         "ALTER TABLE trioflow_runs ADD COLUMN forked_from TEXT",
+        """CREATE TABLE trioflow_events (
+            seq BIGSERIAL PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            data BYTEA NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX trioflow_events_run ON trioflow_events (run_id, seq)",
     ),
 }
 _NOT_ENDED = "status NOT IN ('success', 'failed', 'canceled')"
@@ -635,6 +644,40 @@ class PostgresStorage(Storage):
 
         return await self._call(work, idempotent=True)
 
+    async def put_event(self, run_id: str, name: str, data: bytes, now: float) -> RunStatus:
+        def work(conn: psycopg.Connection[Any]) -> RunStatus:
+            found = conn.execute(
+                "SELECT status FROM trioflow_runs WHERE run_id = %s FOR UPDATE", (run_id,)
+            ).fetchone()
+            if found is None:
+                raise RunNotFoundError(run_id)
+            if found[0] not in TERMINAL_STATUSES:
+                conn.execute(
+                    "INSERT INTO trioflow_events (run_id, name, data, created_at) "
+                    "VALUES (%s, %s, %s, %s)",
+                    (run_id, name, data, now),
+                )
+                # The executor hears of it as it hears of a cancel request.
+                conn.execute("SELECT pg_notify(%s, %s)", (CANCEL_CHANNEL, run_id))
+            return found[0]  # type: ignore[no-any-return]
+
+        return await self._call(work)
+
+    async def events_for(
+        self, *, owner: str | None = None, run_id: str | None = None
+    ) -> list[StoredEvent]:
+        def work(conn: psycopg.Connection[Any]) -> list[StoredEvent]:
+            rows = conn.execute(
+                "SELECT e.run_id, e.seq, e.name, e.data FROM trioflow_events e "
+                "JOIN trioflow_runs r ON r.run_id = e.run_id "
+                "WHERE (%s::text IS NULL OR r.owner = %s) AND (%s::text IS NULL OR e.run_id = %s) "
+                f"AND r.{_NOT_ENDED} ORDER BY e.seq",
+                (owner, owner, run_id, run_id),
+            ).fetchall()
+            return [StoredEvent(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+
+        return await self._call(work, idempotent=True)
+
     async def delete(self, run_id: str) -> RunStatus:
         def work(conn: psycopg.Connection[Any]) -> RunStatus:
             found = conn.execute(
@@ -642,6 +685,8 @@ class PostgresStorage(Storage):
                 "('success', 'failed', 'canceled') RETURNING status",
                 (run_id,),
             ).fetchone()
+            if found is not None:
+                conn.execute("DELETE FROM trioflow_events WHERE run_id = %s", (run_id,))
             if found is None:
                 found = conn.execute(
                     "SELECT status FROM trioflow_runs WHERE run_id = %s", (run_id,)
@@ -663,6 +708,10 @@ class PostgresStorage(Storage):
             cursor = conn.execute(
                 "DELETE FROM trioflow_runs WHERE status = ANY(%s) AND updated_at < %s",
                 (list(statuses), ended_before),
+            )
+            conn.execute(
+                "DELETE FROM trioflow_events e WHERE NOT EXISTS "
+                "(SELECT 1 FROM trioflow_runs r WHERE r.run_id = e.run_id)"
             )
             return cursor.rowcount
 

@@ -31,6 +31,7 @@ from ._base import (
     RunRow,
     RunSummary,
     Storage,
+    StoredEvent,
     row_from_sql,
     workflow_filter,
 )
@@ -54,6 +55,14 @@ CREATE TABLE IF NOT EXISTS trioflow_runs (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS trioflow_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    data BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trioflow_events_run ON trioflow_events (run_id, seq);
 CREATE INDEX IF NOT EXISTS trioflow_runs_status ON trioflow_runs (status, workflow_id);
 CREATE INDEX IF NOT EXISTS trioflow_runs_owner ON trioflow_runs (owner);
 CREATE INDEX IF NOT EXISTS trioflow_runs_created ON trioflow_runs (created_at);
@@ -451,6 +460,41 @@ class SQLiteStorage(Storage):
 
         return await self._call(work)
 
+    async def put_event(self, run_id: str, name: str, data: bytes, now: float) -> RunStatus:
+        def work(conn: sqlite3.Connection) -> RunStatus:
+            conn.execute("BEGIN IMMEDIATE")
+            found = conn.execute(
+                "SELECT status FROM trioflow_runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if found is None:
+                conn.rollback()
+                raise RunNotFoundError(run_id)
+            if found[0] not in TERMINAL_STATUSES:
+                conn.execute(
+                    "INSERT INTO trioflow_events (run_id, name, data, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (run_id, name, data, now),
+                )
+            conn.execute("COMMIT")
+            return found[0]  # type: ignore[no-any-return]
+
+        return await self._call(work)
+
+    async def events_for(
+        self, *, owner: str | None = None, run_id: str | None = None
+    ) -> list[StoredEvent]:
+        def work(conn: sqlite3.Connection) -> list[StoredEvent]:
+            rows = conn.execute(
+                "SELECT e.run_id, e.seq, e.name, e.data FROM trioflow_events e "
+                "JOIN trioflow_runs r ON r.run_id = e.run_id "
+                f"WHERE (? IS NULL OR r.owner = ?) AND (? IS NULL OR e.run_id = ?) "
+                f"AND r.{_NOT_ENDED} ORDER BY e.seq",
+                (owner, owner, run_id, run_id),
+            ).fetchall()
+            return [StoredEvent(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+
+        return await self._call(work)
+
     async def delete(self, run_id: str) -> RunStatus:
         def work(conn: sqlite3.Connection) -> RunStatus:
             found = conn.execute(
@@ -458,6 +502,8 @@ class SQLiteStorage(Storage):
                 "('success', 'failed', 'canceled') RETURNING status",
                 (run_id,),
             ).fetchone()
+            if found is not None:
+                conn.execute("DELETE FROM trioflow_events WHERE run_id = ?", (run_id,))
             if found is None:
                 found = conn.execute(
                     "SELECT status FROM trioflow_runs WHERE run_id = ?", (run_id,)
@@ -479,6 +525,9 @@ class SQLiteStorage(Storage):
             cursor = conn.execute(
                 f"DELETE FROM trioflow_runs WHERE status IN ({marks}) AND updated_at < ?",
                 (*statuses, ended_before),
+            )
+            conn.execute(
+                "DELETE FROM trioflow_events WHERE run_id NOT IN (SELECT run_id FROM trioflow_runs)"
             )
             return cursor.rowcount
 
