@@ -616,3 +616,16 @@ async def test_fork_starts_a_new_run_from_a_step(
         "/api/runs/orig/fork", json={"from_step": "greet", "new_run_id": "orig"}
     )
     _error(taken, 409, "RunExists")
+
+
+async def test_list_runs_by_when_they_were_created(
+    client: httpx.AsyncClient, engine: trioflow.Engine
+) -> None:
+    started = await _start(client, "quick", input_data={"name": "Ada"})
+    assert (await _ended(engine, started["run_id"])).status == "success"
+    page = (await client.get("/api/runs", params={"since": "2000-01-01T00:00:00Z"})).json()
+    assert [r["run_id"] for r in page["runs"]] == [started["run_id"]]
+    page = (await client.get("/api/runs", params={"until": "2000-01-01"})).json()
+    assert page["runs"] == []
+    message = _error(await client.get("/api/runs", params={"since": "soon"}), 400, "InvalidQuery")
+    assert "since must be an ISO 8601 date or datetime" in message

@@ -148,3 +148,33 @@ def test_runs_delete_and_prune_from_the_command_line(tmp_path: Path) -> None:
     bad = cli(tmp_path, "runs", "prune", "--older-than", "soon")
     assert bad.returncode == 2
     assert "'soon' is not an age; write a number and a unit: 30d, 12h" in bad.stderr
+
+
+async def test_list_runs_filters_by_when_they_were_created(
+    storage_factory: StorageFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1_700_000_000.0]
+    monkeypatch.setattr(_clock, "_wall_clock", lambda: now[0])
+    async with trioflow.open_engine(storage=storage_factory(), workflows=[WORKFLOW]) as engine:
+        (old,) = await finished(engine, "ok")
+        now[0] += 3 * 86400
+        (new,) = await finished(engine, "ok")
+        boundary = dt.datetime.fromtimestamp(now[0] - 86400, tz=dt.UTC)
+        assert [s.run_id for s in await engine.list_runs(since=boundary)] == [new]
+        assert [s.run_id for s in await engine.list_runs(until=boundary)] == [old]
+        with pytest.raises(ValueError, match="since must be a timezone-aware datetime"):
+            await engine.list_runs(since=dt.datetime(2026, 1, 1))
+
+
+def test_runs_list_since_and_until_from_the_command_line(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(APP)
+    app = f"{tmp_path / 'app.py'}:workflow"
+    assert cli(tmp_path, "run", app, "--input", '"ok"', "--run-id", "a").returncode == 0
+    recent = json.loads(cli(tmp_path, "runs", "list", "--since", "1h", "--json").stdout)
+    assert [r["run_id"] for r in recent] == ["a"]
+    older = json.loads(cli(tmp_path, "runs", "list", "--until", "1h", "--json").stdout)
+    assert older == []
+    future = json.loads(cli(tmp_path, "runs", "list", "--since", "2999-01-01", "--json").stdout)
+    assert future == []
+    bad = cli(tmp_path, "runs", "list", "--since", "yesterday")
+    assert bad.returncode == 2 and "'yesterday' is not a moment" in bad.stderr

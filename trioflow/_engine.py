@@ -153,11 +153,21 @@ class Engine:
         limit: int = 100,
         offset: int = 0,
         version: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
     ) -> list[RunSummary]:
         """Summaries of the stored runs, newest first: `limit` of them after `offset`
-        (each names the workflow version it executes on)."""
+        (each names the workflow version it executes on); `since` and `until`
+        (timezone-aware datetimes) bound when they were created, `until` excluded."""
+        bounds = [_timestamp(name, value) for name, value in (("since", since), ("until", until))]
         return await self.storage.list_runs(
-            status=status, workflow_id=workflow_id, limit=limit, offset=offset, version=version
+            status=status,
+            workflow_id=workflow_id,
+            limit=limit,
+            offset=offset,
+            version=version,
+            since=bounds[0],
+            until=bounds[1],
         )
 
     async def fork_run(
@@ -821,6 +831,14 @@ def index_versions(workflows: Iterable[Workflow]) -> dict[str, dict[str, Workflo
             )
         known[workflow.version] = workflow
     return versions
+
+
+def _timestamp(name: str, value: dt.datetime | None) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, dt.datetime) or value.tzinfo is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime, got {value!r}")
+    return value.timestamp()
 
 
 def _retention_seconds(name: str, value: object) -> float:

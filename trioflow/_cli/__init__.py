@@ -16,7 +16,7 @@ from .._errors import SnapshotError, StorageError
 from ._common import DEFAULT_DB, EXIT_CANCELED, EXIT_FAILED, EXIT_USAGE, CliError
 from ._event_command import send_event_command
 from ._fork_commands import fork_command, retry_command
-from ._retention_commands import delete_command, parse_age, prune_command
+from ._retention_commands import delete_command, parse_age, parse_when, prune_command
 from ._run_command import run_command
 from ._runs_commands import (
     cancel_command,
@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", choices=STATUSES, help="only runs with this status")
     listing.add_argument("--workflow", metavar="ID", help="only runs of this workflow id")
     listing.add_argument("--version", metavar="V", help="only runs on this workflow version")
+    listing.add_argument(
+        "--since", type=parse_when, metavar="WHEN", help="created at or after: 2026-12-01, 2d"
+    )
+    listing.add_argument(
+        "--until", type=parse_when, metavar="WHEN", help="created before: 2026-12-01T08:00, 1h"
+    )
     listing.add_argument("--limit", type=_count(1), default=50, metavar="N", help="at most N (50)")
     listing.add_argument(
         "--offset", type=_count(0), default=0, metavar="N", help="skip the first N"

@@ -30,6 +30,21 @@ def parse_age(text: str) -> dt.timedelta:
     return dt.timedelta(**{_UNITS[match["unit"]]: float(match["amount"])})
 
 
+def parse_when(text: str) -> float:
+    """A moment, for argparse: an age (``2d``: two days ago) or an ISO 8601 date or
+    datetime (without a timezone: local time); as wall-clock seconds."""
+    if _DURATION.fullmatch(text.strip()):
+        return wall_time() - parse_age(text).total_seconds()
+    try:
+        moment = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a moment; write a date (2026-12-01), a date and time "
+            "(2026-12-01T08:00) or an age (2d, 12h)"
+        ) from None
+    return moment.astimezone().timestamp()
+
+
 async def delete_command(args: argparse.Namespace) -> int:
     db = place(args)
     async with open_storage(args) as storage:

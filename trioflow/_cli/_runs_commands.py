@@ -85,6 +85,8 @@ async def list_command(args: argparse.Namespace) -> int:
             limit=args.limit,
             offset=args.offset,
             version=args.version,
+            since=args.since,
+            until=args.until,
         )
     if args.json:
         _print_json(runs)

@@ -8,6 +8,7 @@ the request, and leaving the engine waits for them.
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -131,6 +132,8 @@ class Api:
             status=status,
             workflow_id=query.get("workflow") or None,
             version=query.get("version") or None,
+            since=_moment_query(query.get("since"), "since"),
+            until=_moment_query(query.get("until"), "until"),
             limit=limit,
             offset=offset,
         )
@@ -230,6 +233,19 @@ def _run_exists(run_id: str) -> ApiError:
         "RunExists",
         f"a run with id {run_id!r} is stored already; pick another run_id or leave it out",
     )
+
+
+def _moment_query(text: str | None, name: str) -> dt.datetime | None:
+    """An ISO 8601 date or datetime of the query (UTC when it names no timezone)."""
+    if not text:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiError(
+            400, "InvalidQuery", f"{name} must be an ISO 8601 date or datetime, got {text!r}"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
 
 
 def _int_query(text: str | None, name: str, default: int, low: int, high: int | None) -> int:

@@ -148,6 +148,8 @@ def openapi_document() -> bytes:
                         _query("status", {"type": "string", "enum": statuses}),
                         _query("workflow", {"type": "string"}),
                         _query("version", {"type": "string"}),
+                        _query("since", {"type": "string", "format": "date-time"}),
+                        _query("until", {"type": "string", "format": "date-time"}),
                         _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
                         _query("offset", {"type": "integer", "minimum": 0, "maximum": 10**12}),
                     ],

@@ -274,6 +274,8 @@ class Storage(abc.ABC):
         limit: int = 100,
         offset: int = 0,
         version: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> list[RunSummary]:
         """Stored runs, newest first, paged."""
 

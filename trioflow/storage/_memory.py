@@ -274,6 +274,8 @@ class MemoryStorage(Storage):
         limit: int = 100,
         offset: int = 0,
         version: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> list[RunSummary]:
         await trio.lowlevel.checkpoint()
         rows = [
@@ -282,6 +284,8 @@ class MemoryStorage(Storage):
             if (status is None or row.status == status)
             and (workflow_id is None or row.workflow_id == workflow_id)
             and (version is None or row.workflow_version == version)
+            and (since is None or row.created_at >= since)
+            and (until is None or row.created_at < until)
         ]
         rows.sort(key=lambda row: row.created_at, reverse=True)
         return [

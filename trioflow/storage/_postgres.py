@@ -737,16 +737,20 @@ class PostgresStorage(Storage):
         limit: int = 100,
         offset: int = 0,
         version: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> list[RunSummary]:
         where: list[str] = []
         params: list[object] = []
-        for column, value in (
-            ("status", status),
-            ("workflow_id", workflow_id),
-            ("workflow_version", version),
+        for condition, value in (
+            ("status = %s", status),
+            ("workflow_id = %s", workflow_id),
+            ("workflow_version = %s", version),
+            ("created_at >= %s", since),
+            ("created_at < %s", until),
         ):
             if value is not None:
-                where.append(f"{column} = %s")
+                where.append(condition)
                 params.append(value)
         clause = f"WHERE {' AND '.join(where)} " if where else ""
 

@@ -544,11 +544,14 @@ class SQLiteStorage(Storage):
         limit: int = 100,
         offset: int = 0,
         version: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> list[RunSummary]:
         # Only the filters given go into the WHERE clause: "(? IS NULL OR status = ?)"
         # keeps SQLite from using an index, and a filter that matches no run scanned
         # the whole table (tens of ms at 100,000 runs).
-        where, params = [], []
+        where: list[str] = []
+        params: list[object] = []
         if status is not None:
             where.append("status = ?")
             params.append(status)
@@ -558,6 +561,12 @@ class SQLiteStorage(Storage):
         if version is not None:
             where.append("workflow_version = ?")
             params.append(version)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("created_at < ?")
+            params.append(until)
         clause = f"WHERE {' AND '.join(where)} " if where else ""
 
         def work(conn: sqlite3.Connection) -> list[RunSummary]:
