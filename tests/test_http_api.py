@@ -202,6 +202,8 @@ async def test_list_runs_filters_and_pages_newest_first(
         "created_at",
         "updated_at",
         "version",
+        "forked_from",
+        "lease_until",
     }
 
     async def ids(query: str) -> list[str]:
