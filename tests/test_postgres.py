@@ -239,7 +239,7 @@ async def test_sqlite_schema_1_is_migrated(tmp_path: Path) -> None:
         assert result.status == "success"
         assert (await engine.get_run("old")).status == "pending"  # not queued: not taken
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
     conn.close()
 
 

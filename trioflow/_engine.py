@@ -20,9 +20,11 @@ import trio
 from . import _snapshot
 from ._clock import wall_time
 from ._errors import StorageError, UnstorableDataError
+from ._queues import DEFAULT_QUEUE, Queue, QueueEntry, QueueLimits, QueuePlace, check_queues
 from ._results import RunStatus
+from ._schedules import Schedule, check_schedules, fire_run_id, serve_schedules
 from ._schema import convert
-from .storage import RunRow, RunSummary, Storage
+from .storage import RunRow, RunSummary, ScheduleState, Storage
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -50,6 +52,9 @@ class Engine:
         lease_seconds: float,
         poll_interval: float,
         workers: int = 0,
+        queues: Iterable[Queue] = (),
+        schedules: Iterable[Schedule] = (),
+        serve_queues: Iterable[str] | None = None,
     ) -> None:
         self.storage = storage
         self.workflows: dict[str, Workflow] = {}
@@ -72,6 +77,21 @@ class Engine:
         self._faults: dict[str, tuple[str, int]] = {}
         # Runs whose stored snapshot cannot be read: logged once, then left alone.
         self._unreadable: set[str] = set()
+        # --- schedules and queues (trioflow/_schedules.py, trioflow/_queues.py) ---
+        self.queues: dict[str, Queue] = check_queues(queues)
+        self.schedules: dict[str, Schedule] = check_schedules(schedules)
+        for schedule in self.schedules.values():
+            self._workflow(schedule.workflow)  # a LookupError naming the known ones
+        # The queues this engine takes runs from when it is a worker, in the order it
+        # looks at them (rotated at each claim, so no queue starves another).
+        self._served: list[QueueLimits] = [
+            self._queue_limits(name)
+            for name in (
+                [DEFAULT_QUEUE, *(n for n in self.queues if n != DEFAULT_QUEUE)]
+                if serve_queues is None
+                else list(dict.fromkeys(serve_queues))
+            )
+        ]
 
     def __repr__(self) -> str:
         return f"<trioflow.Engine on {self.storage!r}: {len(self._live)} executing>"
@@ -94,13 +114,38 @@ class Engine:
         workflow: str | Workflow,
         input_data: Any = None,
         *,
+        queue: str | None = None,
+        priority: int = 0,
+        key: str | None = None,
+        dedup_id: str | None = None,
         run_id: str | None = None,
         initial_state: Any = None,
     ) -> Run:
         """A new durable run of `workflow` with its input, stored ``'pending'`` and
         queued in one write: an engine opened with ``workers=N`` (any process sharing
-        the storage) takes it and executes it. Wait for it with ``run.result()``,
-        cancel it with ``run.cancel()``."""
+        the storage) that serves `queue` takes it and executes it. Wait for it with
+        ``run.result()``, cancel it with ``run.cancel()``.
+
+        `queue` names a queue given to ``open_engine(queues=[...])`` (default: the
+        default queue, which has no limits); runs of higher `priority` start first,
+        first in first out within a priority; `key` is what the queue's
+        ``per_key_concurrency`` counts. While a run of the queue with the same
+        `dedup_id` is queued or executing, that run is returned instead of a new one;
+        so is the run with id `run_id` if it is stored already (of the same workflow:
+        else `ValueError`)."""
+        entry = self._queue_entry(queue, priority, key, dedup_id)
+        run, _ = await self._enqueue(workflow, input_data, entry, run_id, initial_state)
+        return run
+
+    async def _enqueue(
+        self,
+        workflow: str | Workflow,
+        input_data: Any,
+        entry: QueueEntry,
+        run_id: str | None,
+        initial_state: Any = None,
+    ) -> tuple[Run, bool]:
+        """`enqueue`, and whether the run is new (False: an existing one returned)."""
         from ._run import Run, _initial_state
 
         run = Run(self._workflow(workflow), run_id)
@@ -110,9 +155,101 @@ class Engine:
         if initial_state is not None or run.workflow.state_schema is not None:
             run._states[""] = _initial_state(run.workflow, initial_state)
         snapshot = _snapshot.encode(run._to_snapshot())
-        await self.storage.insert(
-            run.run_id, run.workflow.id, "pending", snapshot, wall_time(), queued=True
+        found = await self.storage.insert_queued(
+            run.run_id, run.workflow.id, snapshot, wall_time(), entry
         )
+        if found is None:
+            return run, True
+        if found.workflow_id != run.workflow.id:
+            raise ValueError(
+                f"run {found.run_id!r} is stored already, of workflow {found.workflow_id!r}, "
+                f"not {run.workflow.id!r}; pick another run_id"
+            )
+        live = self._live.get(found.run_id)
+        return (live if live is not None else self._rebuild(found)), False
+
+    def _queue_entry(
+        self, queue: str | None, priority: int, key: str | None, dedup_id: str | None
+    ) -> QueueEntry:
+        name = DEFAULT_QUEUE if queue is None else queue
+        if name != DEFAULT_QUEUE and name not in self.queues:
+            raise LookupError(
+                f"this engine does not know queue {name!r}; pass trioflow.Queue({name!r}, ...) "
+                f"in open_engine(queues=[...]) (known: {sorted(self.queues)})"
+            )
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be a whole number, got {priority!r}")
+        for what, value in (("key", key), ("dedup_id", dedup_id)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{what} must be a string or None, got {value!r}")
+        return QueueEntry(queue=name, priority=priority, key=key, dedup_id=dedup_id)
+
+    def _queue_limits(self, name: str) -> QueueLimits:
+        queue = self.queues.get(name)
+        if queue is not None:
+            return queue.limits()
+        if name != DEFAULT_QUEUE:
+            raise LookupError(
+                f"cannot serve queue {name!r}: it is not given in open_engine(queues=[...]) "
+                f"(known: {sorted(self.queues)}); define trioflow.Queue({name!r}, ...)"
+            )
+        return QueueLimits(name=name)
+
+    async def queue_place(self, run_id: str) -> QueuePlace | None:
+        """Where a queued run is: its queue, priority, key, state and (while it waits)
+        its position, 1 for the next to start; None for a run that was never queued."""
+        return await self.storage.queue_place(run_id, wall_time())
+
+    # --- schedules: pausing one stops its fires; it never cancels a run ----------------
+
+    async def pause_schedule(self, schedule_id: str) -> ScheduleState:
+        """Stop the schedule's fires, in every engine sharing the storage, until
+        `resume_schedule`. Runs it already started go on: cancel those with
+        ``run.cancel()``. `LookupError` for a schedule no engine registered."""
+        return await self._set_paused(schedule_id, True)
+
+    async def resume_schedule(self, schedule_id: str) -> ScheduleState:
+        """Let a paused schedule fire again, from its next fire time (the fire times
+        passed while it was paused are not made up)."""
+        return await self._set_paused(schedule_id, False)
+
+    async def _set_paused(self, schedule_id: str, paused: bool) -> ScheduleState:
+        state = await self.storage.set_schedule_paused(schedule_id, paused, wall_time())
+        if state is None:
+            raise LookupError(
+                f"no schedule {schedule_id!r} is stored; open an engine with it in "
+                "open_engine(schedules=[...]) first"
+            )
+        return state
+
+    async def trigger_schedule(self, schedule_id: str) -> Run:
+        """Fire the schedule now (also while paused): a run with id
+        ``"<id>@<now, ISO 8601 UTC>"``, as a fire at this time would make."""
+        schedule = self.schedules.get(schedule_id)
+        if schedule is None:
+            raise LookupError(
+                f"this engine has no schedule {schedule_id!r}; pass it in "
+                f"open_engine(schedules=[...]) (known: {sorted(self.schedules)})"
+            )
+        return await self._fire_schedule(schedule, wall_time())
+
+    async def _fire_schedule(self, schedule: Schedule, fire: float) -> Run:
+        """The run of `schedule` for fire time `fire`: stored once across all engines
+        (its id names the fire), queued in the default queue. The engine that stored
+        it starts it at once unless it serves the default queue itself (then it takes
+        it from there); should it stop first, a worker takes it from the queue."""
+        entry = QueueEntry(queue=DEFAULT_QUEUE)
+        run_id = fire_run_id(schedule.id, fire)
+        run, new = await self._enqueue(schedule.workflow, schedule.input_data, entry, run_id)
+        serving = self.workers > 0 and any(q.name == DEFAULT_QUEUE for q in self._served)
+        if new and not serving:
+            now = wall_time()
+            row = await self.storage.claim(
+                run_id, self.owner_id, ("pending",), now, now + self.lease_seconds
+            )
+            if row is not None:
+                self._start_claimed(row)
+                return self._live.get(run_id, run)
         return run
 
     async def get_run(self, run_id: str) -> Run:
@@ -353,8 +490,14 @@ class Engine:
         await self._recover()
         if self.storage.notifies_cancels:
             self._nursery.start_soon(self._listen_cancels, name="trioflow cancel listener")
+        if self.queues:  # shown by `queues list` and `runs show`
+            limits = [queue.limits() for queue in self.queues.values()]
+            await self.storage.register_queues(limits, wall_time())
         if self.workers:
             self._nursery.start_soon(self._serve_queue, name="trioflow queue")
+        if self.schedules:
+            schedules = list(self.schedules.values())
+            await self._nursery.start(serve_schedules, self, schedules)
         task_status.started()
         # Leases expire on the wall clock, so they are renewed by it too: under a
         # MockClock Trio's time may run far ahead of (or behind) the wall clock.
@@ -496,8 +639,10 @@ class Engine:
                     free = self.workers - len(self._live)
                 if free > 0:
                     now = wall_time()
-                    rows = await self.storage.claim_queued(
-                        self.owner_id, workflow_ids, free, now, now + self.lease_seconds
+                    # Queue limits are counted by the storage, in its claim transaction.
+                    served = self._served = [*self._served[1:], *self._served[:1]]
+                    rows = await self.storage.claim_from_queues(
+                        self.owner_id, workflow_ids, served, free, now, now + self.lease_seconds
                     )
                     for row in rows:
                         self._start_claimed(row)
@@ -525,6 +670,9 @@ async def open_engine(
     lease_seconds: float = 10.0,
     poll_interval: float = 0.02,
     workers: int = 0,
+    queues: Iterable[Queue] = (),
+    schedules: Iterable[Schedule] = (),
+    serve_queues: Iterable[str] | None = None,
 ) -> AsyncIterator[Engine]:
     """Open `storage` and an engine of durable runs of `workflows` on it.
 
@@ -534,7 +682,13 @@ async def open_engine(
     over at once).
 
     With ``workers=N`` the engine is also a worker: it takes queued runs (see
-    `Engine.enqueue`) of its workflows and executes at most N runs at once.
+    `Engine.enqueue`) of its workflows and executes at most N runs at once, from
+    the queues named in `serve_queues` (default: the default queue and every queue
+    in `queues`).
+
+    `queues` declares named queues and their limits (`trioflow.Queue`), which hold
+    across every engine sharing the storage; `schedules` (`trioflow.Schedule`) start
+    runs at the times of their cron expressions, each fire once across those engines.
     """
     for name, value in (("lease_seconds", lease_seconds), ("poll_interval", poll_interval)):
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -554,6 +708,23 @@ async def open_engine(
     for workflow in workflows:  # misuse raises as itself, not from inside the nursery
         if not workflow.committed:
             raise RuntimeError(f"workflow {workflow.id!r} is not committed; call .commit()")
+    queues, schedules = list(queues), list(schedules)
+    known_queues = check_queues(queues)
+    known_ids = {workflow.id for workflow in workflows}
+    for schedule in check_schedules(schedules).values():
+        if schedule.workflow_id not in known_ids:
+            raise LookupError(
+                f"schedule {schedule.id!r} starts workflow {schedule.workflow_id!r}, which is "
+                f"not in open_engine(workflows=[...]) (known: {sorted(known_ids)})"
+            )
+    if serve_queues is not None:
+        serve_queues = list(serve_queues)
+        for name in serve_queues:
+            if name != DEFAULT_QUEUE and name not in known_queues:
+                raise LookupError(
+                    f"cannot serve queue {name!r}: it is not in open_engine(queues=[...]) "
+                    f"(known: {sorted(known_queues)}); define trioflow.Queue({name!r}, ...)"
+                )
     async with storage:
         engine: Engine | None = None
         body_error: BaseException | None = None
@@ -566,6 +737,9 @@ async def open_engine(
                     lease_seconds=lease_seconds,
                     poll_interval=poll_interval,
                     workers=workers,
+                    queues=queues,
+                    schedules=schedules,
+                    serve_queues=serve_queues,
                 )
                 await nursery.start(engine._maintain)
                 try:

@@ -2,6 +2,7 @@
 
 from ._base import RunRow as RunRow
 from ._base import RunSummary as RunSummary
+from ._base import ScheduleState as ScheduleState
 from ._base import Storage as Storage
 from ._memory import MemoryStorage as MemoryStorage
 from ._postgres import PostgresStorage as PostgresStorage
@@ -13,5 +14,6 @@ __all__ = [
     "RunRow",
     "RunSummary",
     "SQLiteStorage",
+    "ScheduleState",
     "Storage",
 ]

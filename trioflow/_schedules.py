@@ -1,0 +1,250 @@
+"""Cron schedules: a run per fire time, once across every engine sharing the storage.
+
+Fire times come from cronsim (a small, dependency-free, maintained cron evaluator that
+follows Debian cron across daylight-saving changes) in the schedule's zoneinfo
+timezone; trioflow writes no cron parser of its own. "Once" comes from the run id,
+``"<schedule id>@<fire time, ISO 8601 UTC>"``: every engine that has the schedule tries
+to store that run, and the storage keeps the first (the others find it stored). A
+leader election was rejected: it adds a lease to renew and a failover delay, where the
+unique run id already makes duplicates impossible.
+
+Fire times follow trioflow's wall clock (`trioflow._clock.wall_time`); the waiting
+between them is on Trio's clock, in chunks of at most `MAX_WAIT` seconds so a wall
+clock that is set (NTP) is noticed. Under ``trioflow.testing``'s tied clock, a
+MockClock that jumps a week sees every fire of that week at its exact virtual time.
+
+What a schedule remembers between engines is stored (`ScheduleState`): whether it is
+paused, and the time up to which its fire times have been handled, from which the
+catch-up after downtime is counted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+import trio
+from cronsim import CronSim, CronSimError
+
+from ._clock import wall_time
+from ._errors import StorageError
+from .storage import ScheduleState
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+    from ._workflow import Workflow
+
+logger = logging.getLogger("trioflow")
+
+CatchUp = Literal["none", "latest", "all"]
+CATCH_UP_POLICIES = ("none", "latest", "all")
+#: With ``catch_up="all"``, at most this many missed fires (the latest ones) are made up.
+CATCH_UP_LIMIT = 100
+#: The longest single wait on Trio's clock before the wall clock is read again.
+MAX_WAIT = 60.0
+#: How long the scheduler waits before trying again after a storage error.
+RETRY_AFTER = 1.0
+
+
+class Schedule:
+    """Start a run of `workflow` with `input_data` at each time the `cron` expression
+    gives in `timezone` (an IANA name such as ``"Europe/Berlin"``; daylight-saving
+    changes follow cron's rules). Give it to ``open_engine(schedules=[...])``.
+
+    Each fire time makes exactly one run across all engines sharing the storage, with
+    run id ``"<id>@<fire time, ISO 8601 UTC>"``. `catch_up` says what happens to fire
+    times missed while no engine with this schedule was open: ``"none"`` skips them,
+    ``"latest"`` (the default) makes up the latest one, ``"all"`` makes up each one
+    (at most `CATCH_UP_LIMIT`, the latest).
+
+    Pausing a schedule (``engine.pause_schedule(id)``) stops new fires; it does not
+    touch runs already started. To stop a run, cancel the run.
+    """
+
+    __slots__ = ("catch_up", "cron", "id", "input_data", "timezone", "workflow", "_zone")
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        workflow: Workflow | str,
+        cron: str,
+        timezone: str = "UTC",
+        input_data: Any = None,
+        catch_up: CatchUp = "latest",
+    ) -> None:
+        if not isinstance(id, str) or not id.strip() or "@" in id:
+            raise ValueError(
+                f"Schedule({id!r}): the id must be a non-empty string without '@' "
+                "(its runs are named '<id>@<fire time>')"
+            )
+        if catch_up not in CATCH_UP_POLICIES:
+            raise ValueError(
+                f"Schedule({id!r}, catch_up={catch_up!r}): give 'none', 'latest' or 'all'"
+            )
+        try:
+            zone = ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise ValueError(
+                f"Schedule({id!r}, timezone={timezone!r}): not a known IANA timezone; "
+                "give a name such as 'UTC' or 'Europe/Berlin'"
+            ) from None
+        try:
+            CronSim(cron, dt.datetime.now(zone))
+        except (CronSimError, TypeError, AttributeError) as exc:
+            raise ValueError(
+                f"Schedule({id!r}, cron={cron!r}): not a cron expression ({exc}); give five "
+                "fields 'minute hour day-of-month month day-of-week', e.g. '*/5 * * * *'"
+            ) from None
+        self.id = id
+        self.workflow = workflow
+        self.cron = cron
+        self.timezone = timezone
+        self.input_data = input_data
+        self.catch_up: CatchUp = catch_up
+        self._zone = zone
+
+    def __repr__(self) -> str:
+        return f"<trioflow.Schedule {self.id!r} {self.cron!r} in {self.timezone}>"
+
+    @property
+    def workflow_id(self) -> str:
+        return self.workflow if isinstance(self.workflow, str) else self.workflow.id
+
+    def next_fire(self, after: float) -> float:
+        """The first fire time strictly after `after` (wall-clock seconds)."""
+        start = dt.datetime.fromtimestamp(after, self._zone)
+        return next(CronSim(self.cron, start)).timestamp()
+
+    def missed(self, after: float, until: float) -> list[float]:
+        """The fire times in ``(after, until]``, oldest first: the latest
+        `CATCH_UP_LIMIT` of them at most (counted backwards, so a long downtime of a
+        frequent schedule costs no more than that)."""
+        start = dt.datetime.fromtimestamp(until, self._zone)
+        # cronsim's reverse iteration yields times strictly before its start: nudge it.
+        times: list[float] = []
+        for fire in CronSim(self.cron, start + dt.timedelta(microseconds=1), reverse=True):
+            at = fire.timestamp()
+            if at <= after or len(times) == CATCH_UP_LIMIT:
+                break
+            if at <= until:
+                times.append(at)
+        return times[::-1]
+
+    def state(self, now: float) -> ScheduleState:
+        """The stored form of a schedule seen for the first time (nothing missed yet)."""
+        return ScheduleState(
+            schedule_id=self.id,
+            workflow_id=self.workflow_id,
+            cron=self.cron,
+            timezone=self.timezone,
+            catch_up=self.catch_up,
+            paused=False,
+            handled_until=now,
+            updated_at=now,
+        )
+
+
+def catch_up_fires(policy: str, missed: list[float]) -> list[float]:
+    """Which of the fire times missed during downtime (oldest first) to make up."""
+    if policy == "none":
+        return []
+    if policy == "latest":
+        return missed[-1:]
+    return missed[-CATCH_UP_LIMIT:]
+
+
+def fire_run_id(schedule_id: str, fire: float) -> str:
+    """``"<schedule id>@<fire time, ISO 8601 UTC>"``, e.g. ``nightly@2030-01-01T02:00:00Z``
+    (fractions of a second only for six-field, seconds-precise expressions)."""
+    at = dt.datetime.fromtimestamp(round(fire, 6), dt.UTC)
+    text = at.isoformat(timespec="microseconds" if at.microsecond else "seconds")
+    return f"{schedule_id}@{text.replace('+00:00', 'Z')}"
+
+
+def check_schedules(schedules: Iterable[Schedule]) -> dict[str, Schedule]:
+    known: dict[str, Schedule] = {}
+    for schedule in schedules:
+        if not isinstance(schedule, Schedule):
+            raise TypeError(
+                f"open_engine(schedules=...) takes trioflow.Schedule objects, got {schedule!r}"
+            )
+        if schedule.id in known:
+            raise ValueError(f"two schedules have the id {schedule.id!r}; give each its own id")
+        known[schedule.id] = schedule
+    return known
+
+
+async def sleep_until_wall(when: float) -> None:
+    """Wait on Trio's clock until trioflow's wall clock reads `when`."""
+    while (remaining := when - wall_time()) > 0:
+        await trio.sleep(min(remaining, MAX_WAIT))
+
+
+async def serve_schedules(
+    engine: Engine,
+    schedules: list[Schedule],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Fire `schedules` for `engine` until cancelled: register them, make up what was
+    missed (each by its catch-up policy), then fire each at its times."""
+    now = wall_time()
+    states = await engine.storage.register_schedules([s.state(now) for s in schedules], now)
+    async with trio.open_nursery() as nursery:
+        for schedule in schedules:
+            nursery.start_soon(_serve_one, engine, schedule, states[schedule.id])
+        task_status.started()
+
+
+async def _serve_one(engine: Engine, schedule: Schedule, state: ScheduleState) -> None:
+    storage = engine.storage
+    handled = state.handled_until
+    now = wall_time()
+    if not state.paused:
+        for fire in catch_up_fires(schedule.catch_up, schedule.missed(handled, now)):
+            await _fire_logged(engine, schedule, fire)
+        await _advance(engine, schedule, now)
+    handled = max(handled, now)
+    while True:
+        fire = schedule.next_fire(handled)
+        await sleep_until_wall(fire)
+        handled = fire
+        try:
+            current = await storage.load_schedule(schedule.id)
+        except StorageError as exc:
+            logger.warning("schedule %s: cannot read its state (%s); firing", schedule.id, exc)
+            current = None
+        if current is not None and current.paused:
+            continue
+        await _fire_logged(engine, schedule, fire)
+        await _advance(engine, schedule, fire)
+
+
+async def _fire_logged(engine: Engine, schedule: Schedule, fire: float) -> None:
+    """Fire once; a storage that fails is tried again for a while (the run id makes a
+    retry harmless), then the fire is logged as lost."""
+    for attempt in range(3):
+        try:
+            await engine._fire_schedule(schedule, fire)
+            return
+        except StorageError as exc:
+            logger.warning(
+                "schedule %s: firing %s failed (%s)",
+                schedule.id,
+                fire_run_id(schedule.id, fire),
+                exc,
+            )
+            if attempt < 2:
+                await trio.sleep(RETRY_AFTER)
+
+
+async def _advance(engine: Engine, schedule: Schedule, until: float) -> None:
+    try:
+        await engine.storage.advance_schedule(schedule.id, until)
+    except StorageError as exc:
+        logger.warning("schedule %s: cannot store its progress (%s)", schedule.id, exc)
