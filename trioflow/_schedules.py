@@ -26,7 +26,6 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import msgspec
 import trio
 from cronsim import CronSim, CronSimError
 
@@ -65,7 +64,7 @@ class Schedule:
     touch runs already started. To stop a run, cancel the run.
     """
 
-    __slots__ = ("catch_up", "cron", "id", "input_data", "timezone", "workflow", "_zone")
+    __slots__ = ("_zone", "catch_up", "cron", "id", "input_data", "timezone", "workflow")
 
     def __init__(
         self,
@@ -180,8 +179,10 @@ def check_schedules(schedules: Iterable[Schedule]) -> dict[str, Schedule]:
 
 
 async def sleep_until_wall(when: float) -> None:
-    """Wait on Trio's clock until trioflow's wall clock reads `when`."""
-    while (remaining := when - wall_time()) > 0:
+    """Wait on Trio's clock until trioflow's wall clock reads `when`: in chunks of at
+    most `MAX_WAIT`, since the wall clock may be set meanwhile (nothing else wakes
+    this wait, so polling the clock is the point, not a missed event)."""
+    while (remaining := when - wall_time()) > 0:  # noqa: ASYNC110
         await trio.sleep(min(remaining, MAX_WAIT))
 
 
