@@ -193,30 +193,31 @@ async def serve_schedules(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Fire `schedules` for `engine` until cancelled: register them, make up what was
-    missed (each by its catch-up policy), then fire each at its times."""
+    missed while no engine had them (each by its catch-up policy; done when this has
+    started), then fire each at its times."""
     now = wall_time()
     states = await engine.storage.register_schedules([s.state(now) for s in schedules], now)
     async with trio.open_nursery() as nursery:
         for schedule in schedules:
-            nursery.start_soon(_serve_one, engine, schedule, states[schedule.id])
+            state = states[schedule.id]
+            if not state.paused:
+                missed = schedule.missed(state.handled_until, now)
+                for fire in catch_up_fires(schedule.catch_up, missed):
+                    await _fire_logged(engine, schedule, fire)
+                await _advance(engine, schedule, now)
+            handled = max(state.handled_until, now)
+            nursery.start_soon(_serve_one, engine, schedule, handled)
         task_status.started()
 
 
-async def _serve_one(engine: Engine, schedule: Schedule, state: ScheduleState) -> None:
-    storage = engine.storage
-    handled = state.handled_until
-    now = wall_time()
-    if not state.paused:
-        for fire in catch_up_fires(schedule.catch_up, schedule.missed(handled, now)):
-            await _fire_logged(engine, schedule, fire)
-        await _advance(engine, schedule, now)
-    handled = max(handled, now)
+async def _serve_one(engine: Engine, schedule: Schedule, handled: float) -> None:
+    """Fire `schedule` at each of its times after `handled`, unless it is paused then."""
     while True:
         fire = schedule.next_fire(handled)
         await sleep_until_wall(fire)
         handled = fire
         try:
-            current = await storage.load_schedule(schedule.id)
+            current = await engine.storage.load_schedule(schedule.id)
         except StorageError as exc:
             logger.warning("schedule %s: cannot read its state (%s); firing", schedule.id, exc)
             current = None
