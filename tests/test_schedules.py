@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
 import trioflow
 from trioflow._schedules import CATCH_UP_LIMIT, fire_run_id
@@ -152,7 +153,7 @@ async def test_catch_up_all_is_bounded(trioflow_clock: trio.testing.MockClock) -
     async with trioflow.open_engine(
         storage=storage, workflows=[tick], schedules=[every_minute], **SLOW_TICKS
     ):
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
     assert len(started) == CATCH_UP_LIMIT
     assert started[-1][0] == f"m@{iso(24 * 3600)}"
 
@@ -262,6 +263,18 @@ trio.run(main)
 """
 
 
+def _start_engine(app: Path, db: Path, log: Path, *, seconds: float) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, str(app), str(db), str(log), str(seconds)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_two_engine_processes_on_one_file_fire_each_time_once(tmp_path: Path) -> None:
@@ -272,14 +285,7 @@ async def test_two_engine_processes_on_one_file_fire_each_time_once(tmp_path: Pa
     async with trioflow.SQLiteStorage(db):
         pass
     began = time.time()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(app), str(db), str(log), "4"],
-            stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-        )
-        for _ in range(2)
-    ]
+    procs = [_start_engine(app, db, log, seconds=4) for _ in range(2)]
     try:
         for proc in procs:
             assert await trio.to_thread.run_sync(proc.wait, 50) == 0
@@ -289,7 +295,7 @@ async def test_two_engine_processes_on_one_file_fire_each_time_once(tmp_path: Pa
             if proc.stdout is not None:
                 proc.stdout.close()
     ended = time.time()
-    executed = Counter(log.read_text().split())
+    executed = Counter(_lines(log))
     assert executed, "no fire at all"
     assert set(executed.values()) == {1}, f"fired twice: {executed}"
     # Every second between the first and the last fire fired (none skipped).
