@@ -21,6 +21,7 @@ from ._runs_commands import (
     show_command,
     watch_command,
 )
+from ._schedule_commands import add_schedule_parsers
 from ._worker_command import add_worker_parser
 
 __all__ = ["build_parser", "main"]
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.set_defaults(handler=watch_command)
     add_worker_parser(commands, common, EXIT_CODES_HELP)
+    add_schedule_parsers(commands, common, EXIT_CODES_HELP)
     return parser
 
 
