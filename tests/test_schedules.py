@@ -74,15 +74,24 @@ async def test_fire_times_follow_daylight_saving_changes_in_berlin(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """Hourly across the autumn change: local 02:00 happens twice (two runs, an hour
-    apart in UTC). Daily at 02:30 across the spring change, when 02:30 does not exist:
+    apart in UTC), while a daily 02:30 fires once. Daily at 02:30 across the spring change, when 02:30 does not exist:
     cron's rule, the run starts at 03:00 local time (01:00 UTC)."""
     epoch = dt.datetime(2030, 10, 26, 22, 0, tzinfo=dt.UTC)  # 00:00 CEST on 27 October
     hourly = trioflow.Schedule("hourly", workflow=tick, cron="0 * * * *", timezone="Europe/Berlin")
+    fixed = trioflow.Schedule("fixed", workflow=tick, cron="30 2 * * *", timezone="Europe/Berlin")
     with tie_wall_clock(epoch):
         async with trioflow.open_engine(
-            storage=trioflow.MemoryStorage(), workflows=[tick], schedules=[hourly], **SLOW_TICKS
+            storage=trioflow.MemoryStorage(),
+            workflows=[tick],
+            schedules=[hourly, fixed],
+            **SLOW_TICKS,
         ):
             await trio.sleep(5 * 3600 + 1)
+    # A fixed time in the repeated hour fires once (at its first 02:30, CEST).
+    assert [run_id for run_id, _ in started if run_id.startswith("fixed")] == [
+        "fixed@2030-10-27T00:30:00Z"
+    ]
+    started[:] = [(run_id, at) for run_id, at in started if run_id.startswith("hourly")]
     assert [run_id for run_id, _ in started] == [
         "hourly@2030-10-26T23:00:00Z",  # 01:00 CEST
         "hourly@2030-10-27T00:00:00Z",  # 02:00 CEST
