@@ -242,3 +242,27 @@ def test_pick_passes_over_full_keys_and_respects_every_limit() -> None:
     picked = pick(unlimited, waiting, active_keys=["a"] * 9, started_in_window=9, room=9)
     assert picked == ["1", "2", "3", "4"]
     assert Counter(c.key for c in waiting)["a"] == 2
+
+
+async def test_a_run_taken_by_a_worker_that_died_before_starting_it_waits_again(
+    trioflow_clock: trio.testing.MockClock, storage: Storages
+) -> None:
+    """The taken run counts against the limit while its taker's lease lasts; then it is
+    back in line, and a live worker executes it, though nothing else waits in its queue."""
+    serial = trioflow.Queue("serial", concurrency=1)
+    async with trioflow.open_engine(storage=storage(), workflows=[job], queues=[serial]) as client:
+        lost = await client.enqueue(job, {"n": 1}, queue="serial", run_id="lost")
+        now = wall_time()
+        taken = await client.storage.claim_from_queues(
+            "ghost", ["job"], [serial.limits()], 5, now, now + 5.0
+        )
+        assert [row.run_id for row in taken] == ["lost"]
+        place = await client.queue_place("lost")
+        assert place is not None and place.state == "active"
+        async with trioflow.open_engine(
+            storage=storage(), workflows=[job], queues=[serial], workers=2
+        ):
+            with trio.fail_after(30):
+                assert (await lost.result()).result == 1
+    assert starts() == ["lost"]
+    assert 5.0 <= marks[0][3] - now < 5.5  # not before the ghost's lease expired

@@ -73,10 +73,11 @@ def insert_queued(
 
 def any_waiting(q: Query, queues: list[str], workflow_ids: list[str], now: float) -> bool:
     """Whether any of `queues` has a run a claim could take: a read, so an idle worker's
-    poll takes no lock."""
+    poll takes no lock. An 'active' entry whose run is pending and free again (its
+    worker died before starting it) counts: the claim puts it back in line."""
     found = q(
         "SELECT 1 FROM trioflow_queued e JOIN trioflow_runs r ON r.run_id = e.run_id "
-        f"WHERE e.queue IN ({_marks(queues)}) AND e.state = 'waiting' "
+        f"WHERE e.queue IN ({_marks(queues)}) AND e.state IN ('waiting', 'active') "
         f"AND r.workflow_id IN ({_marks(workflow_ids)}) AND r.status = 'pending' "
         "AND (r.owner IS NULL OR r.lease_until < ?) LIMIT 1",
         (*queues, *workflow_ids, now),
