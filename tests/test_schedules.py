@@ -74,8 +74,9 @@ async def test_fire_times_follow_daylight_saving_changes_in_berlin(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """Hourly across the autumn change: local 02:00 happens twice (two runs, an hour
-    apart in UTC), while a daily 02:30 fires once. Daily at 02:30 across the spring change, when 02:30 does not exist:
-    cron's rule, the run starts at 03:00 local time (01:00 UTC)."""
+    apart in UTC), while a daily 02:30 fires once. Daily at 02:30 across the spring
+    change, when 02:30 does not exist: cron's rule, the run starts at 03:00 local time
+    (01:00 UTC)."""
     epoch = dt.datetime(2030, 10, 26, 22, 0, tzinfo=dt.UTC)  # 00:00 CEST on 27 October
     hourly = trioflow.Schedule("hourly", workflow=tick, cron="0 * * * *", timezone="Europe/Berlin")
     fixed = trioflow.Schedule("fixed", workflow=tick, cron="30 2 * * *", timezone="Europe/Berlin")
