@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import _snapshot
+from . import _queues, _schedules, _snapshot
 from ._clock import wall_time
 from ._errors import StorageError, UnstorableDataError
-from ._queues import DEFAULT_QUEUE, Queue, QueueEntry, QueueLimits, QueuePlace, check_queues
+from ._queues import Queue, QueueEntry, QueueLimits, QueuePlace, check_queues
 from ._results import RunStatus
-from ._schedules import Schedule, check_schedules, fire_run_id, serve_schedules
+from ._schedules import Schedule, check_schedules, serve_schedules
 from ._schema import convert
 from .storage import RunRow, RunSummary, ScheduleState, Storage
 
@@ -84,14 +84,7 @@ class Engine:
             self._workflow(schedule.workflow)  # a LookupError naming the known ones
         # The queues this engine takes runs from when it is a worker, in the order it
         # looks at them (rotated at each claim, so no queue starves another).
-        self._served: list[QueueLimits] = [
-            self._queue_limits(name)
-            for name in (
-                [DEFAULT_QUEUE, *(n for n in self.queues if n != DEFAULT_QUEUE)]
-                if serve_queues is None
-                else list(dict.fromkeys(serve_queues))
-            )
-        ]
+        self._served: list[QueueLimits] = _queues.served(self.queues, serve_queues)
 
     def __repr__(self) -> str:
         return f"<trioflow.Engine on {self.storage!r}: {len(self._live)} executing>"
@@ -133,7 +126,7 @@ class Engine:
         `dedup_id` is queued or executing, that run is returned instead of a new one;
         so is the run with id `run_id` if it is stored already (of the same workflow:
         else `ValueError`)."""
-        entry = self._queue_entry(queue, priority, key, dedup_id)
+        entry = _queues.entry(self.queues, queue, priority, key, dedup_id)
         run, _ = await self._enqueue(workflow, input_data, entry, run_id, initial_state)
         return run
 
@@ -168,89 +161,28 @@ class Engine:
         live = self._live.get(found.run_id)
         return (live if live is not None else self._rebuild(found)), False
 
-    def _queue_entry(
-        self, queue: str | None, priority: int, key: str | None, dedup_id: str | None
-    ) -> QueueEntry:
-        name = DEFAULT_QUEUE if queue is None else queue
-        if name != DEFAULT_QUEUE and name not in self.queues:
-            raise LookupError(
-                f"this engine does not know queue {name!r}; pass trioflow.Queue({name!r}, ...) "
-                f"in open_engine(queues=[...]) (known: {sorted(self.queues)})"
-            )
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise TypeError(f"priority must be a whole number, got {priority!r}")
-        for what, value in (("key", key), ("dedup_id", dedup_id)):
-            if value is not None and not isinstance(value, str):
-                raise TypeError(f"{what} must be a string or None, got {value!r}")
-        return QueueEntry(queue=name, priority=priority, key=key, dedup_id=dedup_id)
-
-    def _queue_limits(self, name: str) -> QueueLimits:
-        queue = self.queues.get(name)
-        if queue is not None:
-            return queue.limits()
-        if name != DEFAULT_QUEUE:
-            raise LookupError(
-                f"cannot serve queue {name!r}: it is not given in open_engine(queues=[...]) "
-                f"(known: {sorted(self.queues)}); define trioflow.Queue({name!r}, ...)"
-            )
-        return QueueLimits(name=name)
-
     async def queue_place(self, run_id: str) -> QueuePlace | None:
         """Where a queued run is: its queue, priority, key, state and (while it waits)
         its position, 1 for the next to start; None for a run that was never queued."""
         return await self.storage.queue_place(run_id, wall_time())
 
-    # --- schedules: pausing one stops its fires; it never cancels a run ----------------
+    # --- schedules (trioflow/_schedules.py): pausing one never cancels a run ----------
 
     async def pause_schedule(self, schedule_id: str) -> ScheduleState:
         """Stop the schedule's fires, in every engine sharing the storage, until
         `resume_schedule`. Runs it already started go on: cancel those with
         ``run.cancel()``. `LookupError` for a schedule no engine registered."""
-        return await self._set_paused(schedule_id, True)
+        return await _schedules.set_paused(self, schedule_id, True)
 
     async def resume_schedule(self, schedule_id: str) -> ScheduleState:
         """Let a paused schedule fire again, from its next fire time (the fire times
         passed while it was paused are not made up)."""
-        return await self._set_paused(schedule_id, False)
-
-    async def _set_paused(self, schedule_id: str, paused: bool) -> ScheduleState:
-        state = await self.storage.set_schedule_paused(schedule_id, paused, wall_time())
-        if state is None:
-            raise LookupError(
-                f"no schedule {schedule_id!r} is stored; open an engine with it in "
-                "open_engine(schedules=[...]) first"
-            )
-        return state
+        return await _schedules.set_paused(self, schedule_id, False)
 
     async def trigger_schedule(self, schedule_id: str) -> Run:
         """Fire the schedule now (also while paused): a run with id
         ``"<id>@<now, ISO 8601 UTC>"``, as a fire at this time would make."""
-        schedule = self.schedules.get(schedule_id)
-        if schedule is None:
-            raise LookupError(
-                f"this engine has no schedule {schedule_id!r}; pass it in "
-                f"open_engine(schedules=[...]) (known: {sorted(self.schedules)})"
-            )
-        return await self._fire_schedule(schedule, wall_time())
-
-    async def _fire_schedule(self, schedule: Schedule, fire: float) -> Run:
-        """The run of `schedule` for fire time `fire`: stored once across all engines
-        (its id names the fire), queued in the default queue. The engine that stored
-        it starts it at once unless it serves the default queue itself (then it takes
-        it from there); should it stop first, a worker takes it from the queue."""
-        entry = QueueEntry(queue=DEFAULT_QUEUE)
-        run_id = fire_run_id(schedule.id, fire)
-        run, new = await self._enqueue(schedule.workflow, schedule.input_data, entry, run_id)
-        serving = self.workers > 0 and any(q.name == DEFAULT_QUEUE for q in self._served)
-        if new and not serving:
-            now = wall_time()
-            row = await self.storage.claim(
-                run_id, self.owner_id, ("pending",), now, now + self.lease_seconds
-            )
-            if row is not None:
-                self._start_claimed(row)
-                return self._live.get(run_id, run)
-        return run
+        return await _schedules.trigger(self, schedule_id)
 
     async def get_run(self, run_id: str) -> Run:
         """The run with this id, as stored (the live object if this engine executes it).
@@ -709,22 +641,10 @@ async def open_engine(
         if not workflow.committed:
             raise RuntimeError(f"workflow {workflow.id!r} is not committed; call .commit()")
     queues, schedules = list(queues), list(schedules)
-    known_queues = check_queues(queues)
-    known_ids = {workflow.id for workflow in workflows}
-    for schedule in check_schedules(schedules).values():
-        if schedule.workflow_id not in known_ids:
-            raise LookupError(
-                f"schedule {schedule.id!r} starts workflow {schedule.workflow_id!r}, which is "
-                f"not in open_engine(workflows=[...]) (known: {sorted(known_ids)})"
-            )
+    _schedules.check_workflows(check_schedules(schedules), workflows)
     if serve_queues is not None:
         serve_queues = list(serve_queues)
-        for name in serve_queues:
-            if name != DEFAULT_QUEUE and name not in known_queues:
-                raise LookupError(
-                    f"cannot serve queue {name!r}: it is not in open_engine(queues=[...]) "
-                    f"(known: {sorted(known_queues)}); define trioflow.Queue({name!r}, ...)"
-                )
+    _queues.served(check_queues(queues), serve_queues)  # a LookupError for unknown names
     async with storage:
         engine: Engine | None = None
         body_error: BaseException | None = None

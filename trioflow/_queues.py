@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
@@ -204,3 +204,46 @@ def check_queues(queues: Iterable[Queue]) -> dict[str, Queue]:
             raise ValueError(f"two queues are named {queue.name!r}; give each queue its own name")
         known[queue.name] = queue
     return known
+
+
+def entry(
+    known: Mapping[str, Queue],
+    queue: str | None,
+    priority: int,
+    key: str | None,
+    dedup_id: str | None,
+) -> QueueEntry:
+    """The checked arguments of ``engine.enqueue``: `queue` must be one of the engine's
+    queues (or the default one)."""
+    name = DEFAULT_QUEUE if queue is None else queue
+    if name != DEFAULT_QUEUE and name not in known:
+        raise LookupError(
+            f"this engine does not know queue {name!r}; pass trioflow.Queue({name!r}, ...) "
+            f"in open_engine(queues=[...]) (known: {sorted(known)})"
+        )
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"priority must be a whole number, got {priority!r}")
+    for what, value in (("key", key), ("dedup_id", dedup_id)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{what} must be a string or None, got {value!r}")
+    return QueueEntry(queue=name, priority=priority, key=key, dedup_id=dedup_id)
+
+
+def served(known: Mapping[str, Queue], names: Iterable[str] | None) -> list[QueueLimits]:
+    """The limits of the queues a worker serves: `names` (default: the default queue
+    and every queue in `known`); `LookupError` for a name that is not known."""
+    if names is None:
+        names = [DEFAULT_QUEUE, *(name for name in known if name != DEFAULT_QUEUE)]
+    limits: list[QueueLimits] = []
+    for name in dict.fromkeys(names):
+        queue = known.get(name)
+        if queue is not None:
+            limits.append(queue.limits())
+        elif name == DEFAULT_QUEUE:
+            limits.append(QueueLimits(name=name))
+        else:
+            raise LookupError(
+                f"cannot serve queue {name!r}: it is not in open_engine(queues=[...]) "
+                f"(known: {sorted(known)}); define trioflow.Queue({name!r}, ...)"
+            )
+    return limits

@@ -31,10 +31,12 @@ from cronsim import CronSim, CronSimError
 
 from ._clock import wall_time
 from ._errors import StorageError
+from ._queues import DEFAULT_QUEUE, QueueEntry
 from .storage import ScheduleState
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from ._run import Run
     from ._workflow import Workflow
 
 logger = logging.getLogger("trioflow")
@@ -178,6 +180,63 @@ def check_schedules(schedules: Iterable[Schedule]) -> dict[str, Schedule]:
     return known
 
 
+def check_workflows(schedules: dict[str, Schedule], workflows: Iterable[Workflow]) -> None:
+    """`LookupError` for a schedule whose workflow the engine is not given."""
+    known = {workflow.id for workflow in workflows}
+    for schedule in schedules.values():
+        if schedule.workflow_id not in known:
+            raise LookupError(
+                f"schedule {schedule.id!r} starts workflow {schedule.workflow_id!r}, which is "
+                f"not in open_engine(workflows=[...]) (known: {sorted(known)})"
+            )
+
+
+# --- what an engine does for its schedules ----------------------------------------------
+
+
+async def set_paused(engine: Engine, schedule_id: str, paused: bool) -> ScheduleState:
+    """`Engine.pause_schedule` / `resume_schedule`: the stored flag every engine reads
+    before each fire."""
+    state = await engine.storage.set_schedule_paused(schedule_id, paused, wall_time())
+    if state is None:
+        raise LookupError(
+            f"no schedule {schedule_id!r} is stored; open an engine with it in "
+            "open_engine(schedules=[...]) first"
+        )
+    return state
+
+
+async def trigger(engine: Engine, schedule_id: str) -> Run:
+    """`Engine.trigger_schedule`: fire now."""
+    schedule = engine.schedules.get(schedule_id)
+    if schedule is None:
+        raise LookupError(
+            f"this engine has no schedule {schedule_id!r}; pass it in "
+            f"open_engine(schedules=[...]) (known: {sorted(engine.schedules)})"
+        )
+    return await fire(engine, schedule, wall_time())
+
+
+async def fire(engine: Engine, schedule: Schedule, at: float) -> Run:
+    """The run of `schedule` for fire time `at`: stored once across all engines (its
+    id names the fire), queued in the default queue. The engine that stored it starts
+    it at once unless it serves the default queue itself (then it takes it from
+    there); should it stop first, a worker takes it from the queue."""
+    run_id = fire_run_id(schedule.id, at)
+    entry = QueueEntry(queue=DEFAULT_QUEUE)
+    run, new = await engine._enqueue(schedule.workflow, schedule.input_data, entry, run_id)
+    serving = engine.workers > 0 and any(q.name == DEFAULT_QUEUE for q in engine._served)
+    if new and not serving:
+        now = wall_time()
+        row = await engine.storage.claim(
+            run_id, engine.owner_id, ("pending",), now, now + engine.lease_seconds
+        )
+        if row is not None:
+            engine._start_claimed(row)
+            return engine._live.get(run_id, run)
+    return run
+
+
 async def sleep_until_wall(when: float) -> None:
     """Wait on Trio's clock until trioflow's wall clock reads `when`: in chunks of at
     most `MAX_WAIT`, since the wall clock may be set meanwhile (nothing else wakes
@@ -202,8 +261,8 @@ async def serve_schedules(
             state = states[schedule.id]
             if not state.paused:
                 missed = schedule.missed(state.handled_until, now)
-                for fire in catch_up_fires(schedule.catch_up, missed):
-                    await _fire_logged(engine, schedule, fire)
+                for at in catch_up_fires(schedule.catch_up, missed):
+                    await _fire_logged(engine, schedule, at)
                 await _advance(engine, schedule, now)
             handled = max(state.handled_until, now)
             nursery.start_soon(_serve_one, engine, schedule, handled)
@@ -213,9 +272,9 @@ async def serve_schedules(
 async def _serve_one(engine: Engine, schedule: Schedule, handled: float) -> None:
     """Fire `schedule` at each of its times after `handled`, unless it is paused then."""
     while True:
-        fire = schedule.next_fire(handled)
-        await sleep_until_wall(fire)
-        handled = fire
+        at = schedule.next_fire(handled)
+        await sleep_until_wall(at)
+        handled = at
         try:
             current = await engine.storage.load_schedule(schedule.id)
         except StorageError as exc:
@@ -223,26 +282,27 @@ async def _serve_one(engine: Engine, schedule: Schedule, handled: float) -> None
             current = None
         if current is not None and current.paused:
             continue
-        await _fire_logged(engine, schedule, fire)
-        await _advance(engine, schedule, fire)
+        await _fire_logged(engine, schedule, at)
+        await _advance(engine, schedule, at)
 
 
-async def _fire_logged(engine: Engine, schedule: Schedule, fire: float) -> None:
+async def _fire_logged(engine: Engine, schedule: Schedule, at: float) -> None:
     """Fire once; a storage that fails is tried again for a while (the run id makes a
     retry harmless), then the fire is logged as lost."""
     for attempt in range(3):
         try:
-            await engine._fire_schedule(schedule, fire)
+            await fire(engine, schedule, at)
             return
         except StorageError as exc:
             logger.warning(
                 "schedule %s: firing %s failed (%s)",
                 schedule.id,
-                fire_run_id(schedule.id, fire),
+                fire_run_id(schedule.id, at),
                 exc,
             )
             if attempt < 2:
                 await trio.sleep(RETRY_AFTER)
+    logger.error("schedule %s: gave up firing %s", schedule.id, fire_run_id(schedule.id, at))
 
 
 async def _advance(engine: Engine, schedule: Schedule, until: float) -> None:
