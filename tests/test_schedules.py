@@ -318,3 +318,40 @@ async def test_two_engine_processes_on_one_file_fire_each_time_once(tmp_path: Pa
     assert seconds == [seconds[0] + k for k in range(len(seconds))]
     assert began - 1 <= seconds[0] and seconds[-1] <= ended
     assert len(seconds) >= 2
+
+
+@pytest.mark.slow
+async def test_two_engines_on_postgres_fire_each_time_once(postgres_dsn: str) -> None:
+    """Real time, every second for about 3 s, two engines with their own connections:
+    each fire time makes one run, none is skipped; pausing is seen by both."""
+    every_second = trioflow.Schedule("sec", workflow=tick, cron="* * * * * *")
+    began = time.time()
+    async with (
+        trioflow.open_engine(
+            storage=trioflow.PostgresStorage(postgres_dsn),
+            workflows=[tick],
+            schedules=[every_second],
+        ) as one,
+        trioflow.open_engine(
+            storage=trioflow.PostgresStorage(postgres_dsn),
+            workflows=[tick],
+            schedules=[every_second],
+        ),
+    ):
+        await trio.sleep(3.2)
+        await one.pause_schedule("sec")
+        paused_at = time.time()
+        await trio.sleep(1.5)
+        states = await one.storage.list_schedules()
+    executed = Counter(run_id for run_id, _ in started)
+    assert set(executed.values()) == {1}, f"fired twice: {executed}"
+    seconds = sorted(
+        dt.datetime.strptime(run_id.split("@")[1], "%Y-%m-%dT%H:%M:%SZ")
+        .replace(tzinfo=dt.UTC)
+        .timestamp()
+        for run_id in executed
+    )
+    assert len(seconds) >= 2
+    assert seconds == [seconds[0] + k for k in range(len(seconds))]
+    assert began - 1 <= seconds[0] and seconds[-1] <= paused_at + 0.5
+    assert [(s.schedule_id, s.paused) for s in states] == [("sec", True)]
