@@ -182,6 +182,11 @@ async def test_priorities_order_the_starts_across_four_workers_on_postgres(
                 await engine.enqueue(work, {}, queue="serial", priority=p, run_id=run_id)
                 for p, run_id in order
             ]
+            place = await engine.queue_place("p0-2")
+            assert place is not None and (place.state, place.position) == ("waiting", 6)
+            stats = {q.name: q for q in await engine.storage.queue_stats(time.time())}
+            assert (stats["serial"].waiting, stats["serial"].executing) == (6, 0)
+            assert stats["serial"].limits == trioflow.Queue("serial", concurrency=1).limits()
             procs = [Proc(factory.url, side, workers=2) for _ in range(4)]
             for proc in procs:
                 await proc.ready()
