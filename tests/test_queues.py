@@ -266,3 +266,32 @@ async def test_a_run_taken_by_a_worker_that_died_before_starting_it_waits_again(
                 assert (await lost.result()).result == 1
     assert starts() == ["lost"]
     assert 5.0 <= marks[0][3] - now < 5.5  # not before the ghost's lease expired
+
+
+@pytest.mark.slow
+async def test_concurrent_enqueues_with_one_dedup_id_make_one_run_on_postgres(
+    postgres_dsn: str,
+) -> None:
+    emails = trioflow.Queue("emails")
+    ids: list[str] = []
+    async with (
+        trioflow.open_engine(
+            storage=trioflow.PostgresStorage(postgres_dsn), workflows=[job], queues=[emails]
+        ) as one,
+        trioflow.open_engine(
+            storage=trioflow.PostgresStorage(postgres_dsn), workflows=[job], queues=[emails]
+        ) as two,
+    ):
+
+        async def enqueue(engine: trioflow.Engine) -> None:
+            run = await engine.enqueue(job, {}, queue="emails", dedup_id="pg-msg")
+            ids.append(run.run_id)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(8):
+                nursery.start_soon(enqueue, one if n % 2 else two)
+        same_id = [await one.enqueue(job, {}, run_id="fixed") for _ in range(2)]
+        stored = await one.list_runs(limit=100)
+    assert len(set(ids)) == 1 and len(ids) == 8
+    assert [run.run_id for run in same_id] == ["fixed", "fixed"]
+    assert sorted(run.run_id for run in stored) == sorted({ids[0], "fixed"})

@@ -708,10 +708,11 @@ class PostgresStorage(Storage):
     ) -> RunRow | None:
         def work(q: _queue_sql.Query) -> RunRow | None:
             # Two engines storing the same run id or dedup id at once: the second waits
-            # for the first to commit, then finds its run.
+            # for the first to commit, then finds its run. (Two keys whose hashes
+            # collide only wait for each other.)
             q("SELECT pg_advisory_xact_lock(hashtext(?))", (f"trioflow run {run_id}",))
             if entry.dedup_id is not None:
-                lock = f"trioflow dedup {entry.queue}\0{entry.dedup_id}"
+                lock = f"trioflow dedup {entry.queue} {entry.dedup_id}"
                 q("SELECT pg_advisory_xact_lock(hashtext(?))", (lock,))
             return _queue_sql.insert_queued(q, run_id, workflow_id, snapshot, now, entry)
 
