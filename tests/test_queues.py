@@ -4,6 +4,7 @@ test_queues_processes.py."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -295,3 +296,32 @@ async def test_concurrent_enqueues_with_one_dedup_id_make_one_run_on_postgres(
     assert len(set(ids)) == 1 and len(ids) == 8
     assert [run.run_id for run in same_id] == ["fixed", "fixed"]
     assert sorted(run.run_id for run in stored) == sorted({ids[0], "fixed"})
+
+
+async def test_runs_queued_before_named_queues_wait_in_the_default_queue(
+    tmp_path: Path,
+) -> None:
+    """A SQLite file of schema 2 (a queued column, no queue tables): its queued runs
+    are moved to the default queue when it is opened, and a worker takes them."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE trioflow_runs (run_id TEXT PRIMARY KEY, workflow_id TEXT NOT NULL, "
+            "status TEXT NOT NULL, snapshot BLOB NOT NULL, owner TEXT, lease_until REAL, "
+            "cancel_requested INTEGER NOT NULL DEFAULT 0, cancel_reason TEXT, "
+            "queued INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, "
+            "updated_at REAL NOT NULL); PRAGMA user_version = 2;"
+        )
+        conn.execute(
+            "INSERT INTO trioflow_runs (run_id, workflow_id, status, snapshot, queued, "
+            "created_at, updated_at) VALUES ('old', 'job', 'pending', ?, 1, 1, 1)",
+            (b'{"run_id":"old","workflow_id":"job","status":"pending"}',),
+        )
+    conn.close()
+    async with trioflow.open_engine(
+        storage=trioflow.SQLiteStorage(path), workflows=[job], workers=1
+    ) as engine:
+        with trio.fail_after(20):
+            assert (await (await engine.get_run("old")).result()).status == "success"
+        place = await engine.queue_place("old")
+        assert place is not None and place.queue == "default"
