@@ -355,3 +355,24 @@ async def test_two_engines_on_postgres_fire_each_time_once(postgres_dsn: str) ->
     assert seconds == [seconds[0] + k for k in range(len(seconds))]
     assert began - 1 <= seconds[0] and seconds[-1] <= paused_at + 0.5
     assert [(s.schedule_id, s.paused) for s in states] == [("sec", True)]
+
+
+async def test_a_worker_engine_takes_its_fires_from_the_default_queue(
+    trioflow_clock: trio.testing.MockClock,
+) -> None:
+    every_minute = trioflow.Schedule("m", workflow=tick, cron="* * * * *", input_data=7)
+    async with trioflow.open_engine(
+        storage=trioflow.MemoryStorage(),
+        workflows=[tick],
+        schedules=[every_minute],
+        workers=2,
+        poll_interval=0.5,
+    ) as engine:
+        await trio.sleep(3 * 60 + 1)
+        place = await engine.queue_place(f"m@{iso(60)}")
+        result = await (await engine.get_run(f"m@{iso(120)}")).result()
+    assert [run_id for run_id, _ in started] == [f"m@{iso(60 * k)}" for k in (1, 2, 3)]
+    # Taken at the worker's next poll after the fire time.
+    assert all(60 * k <= at <= 60 * k + 0.5 for k, (_, at) in enumerate(started, 1))
+    assert place is not None and (place.queue, place.state) == ("default", "done")
+    assert result.result == 7
