@@ -21,6 +21,10 @@ import trioflow
 from trioflow._schedules import CATCH_UP_LIMIT, fire_run_id
 from trioflow.testing import tie_wall_clock
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from faulty_storage import FaultyStorage
+
 EPOCH = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)  # virtual time 0 under trioflow_clock
 T0 = EPOCH.timestamp()
 
@@ -376,3 +380,27 @@ async def test_a_worker_engine_takes_its_fires_from_the_default_queue(
     assert all(60 * k <= at <= 60 * k + 0.5 for k, (_, at) in enumerate(started, 1))
     assert place is not None and (place.queue, place.state) == ("default", "done")
     assert result.result == 7
+
+
+async def test_input_data_that_does_not_fit_the_workflow_is_refused_at_open() -> None:
+    typed = trioflow.create_workflow(id="typed", input_schema=int).then(_tick).commit()
+    bad = trioflow.Schedule("bad", workflow=typed, cron="* * * * *", input_data="seven")
+    with pytest.raises(trioflow.ValidationError, match="input_data of schedule 'bad'"):
+        async with trioflow.open_engine(
+            storage=trioflow.MemoryStorage(), workflows=[typed], schedules=[bad]
+        ):
+            pass
+
+
+async def test_a_fire_that_fails_is_logged_and_the_next_fires_go_on(
+    trioflow_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = FaultyStorage(trioflow.MemoryStorage())
+    every_minute = trioflow.Schedule("m", workflow=tick, cron="* * * * *")
+    async with trioflow.open_engine(
+        storage=storage, workflows=[tick], schedules=[every_minute], poll_interval=1.0
+    ):
+        storage.fail("insert_queued", times=3)  # the first fire, tried 3 times
+        await trio.sleep(3 * 60 + 1)
+    assert [run_id for run_id, _ in started] == [f"m@{iso(120)}", f"m@{iso(180)}"]
+    assert f"gave up firing m@{iso(60)}; it is lost" in caplog.text

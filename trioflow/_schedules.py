@@ -32,6 +32,7 @@ from cronsim import CronSim, CronSimError
 from ._clock import wall_time
 from ._errors import StorageError
 from ._queues import DEFAULT_QUEUE, QueueEntry
+from ._schema import convert
 from .storage import ScheduleState
 
 if TYPE_CHECKING:
@@ -181,14 +182,24 @@ def check_schedules(schedules: Iterable[Schedule]) -> dict[str, Schedule]:
 
 
 def check_workflows(schedules: dict[str, Schedule], workflows: Iterable[Workflow]) -> None:
-    """`LookupError` for a schedule whose workflow the engine is not given."""
-    known = {workflow.id for workflow in workflows}
+    """At open, not at the first fire: `LookupError` for a schedule whose workflow the
+    engine is not given, `ValidationError` for `input_data` that does not fit the
+    workflow's input schema (every fire would fail)."""
+    known = {workflow.id: workflow for workflow in workflows}
     for schedule in schedules.values():
-        if schedule.workflow_id not in known:
+        workflow = known.get(schedule.workflow_id)
+        if workflow is None:
             raise LookupError(
                 f"schedule {schedule.id!r} starts workflow {schedule.workflow_id!r}, which is "
                 f"not in open_engine(workflows=[...]) (known: {sorted(known)})"
             )
+        convert(
+            schedule.input_data,
+            workflow.input_schema,
+            step_id=None,
+            what=f"input_data of schedule {schedule.id!r}",
+            workflow_id=workflow.id,
+        )
 
 
 # --- what an engine does for its schedules ----------------------------------------------
@@ -287,22 +298,22 @@ async def _serve_one(engine: Engine, schedule: Schedule, handled: float) -> None
 
 
 async def _fire_logged(engine: Engine, schedule: Schedule, at: float) -> None:
-    """Fire once; a storage that fails is tried again for a while (the run id makes a
-    retry harmless), then the fire is logged as lost."""
+    """Fire once. A storage that fails is tried again for a while (the run id makes a
+    retry harmless); whatever else goes wrong is logged with the fire it lost, and the
+    schedule goes on: one failed fire never stops the engine or the later fires."""
+    run_id = fire_run_id(schedule.id, at)
     for attempt in range(3):
         try:
             await fire(engine, schedule, at)
             return
         except StorageError as exc:
-            logger.warning(
-                "schedule %s: firing %s failed (%s)",
-                schedule.id,
-                fire_run_id(schedule.id, at),
-                exc,
-            )
+            logger.warning("schedule %s: firing %s failed (%s)", schedule.id, run_id, exc)
             if attempt < 2:
                 await trio.sleep(RETRY_AFTER)
-    logger.error("schedule %s: gave up firing %s", schedule.id, fire_run_id(schedule.id, at))
+        except Exception:
+            logger.exception("schedule %s: firing %s failed; it is lost", schedule.id, run_id)
+            return
+    logger.error("schedule %s: gave up firing %s; it is lost", schedule.id, run_id)
 
 
 async def _advance(engine: Engine, schedule: Schedule, until: float) -> None:
