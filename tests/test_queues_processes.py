@@ -70,8 +70,11 @@ class Proc:
             self.proc.stdout.close()
 
 
-def _side(tmp_path: Path) -> Path:
+def _side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The side table's file. This process's engine records there too: it may recover
+    a run of a killed worker and execute it here."""
     side = tmp_path / "side.db"
+    monkeypatch.setenv("QUEUE_APP_SIDE", str(side))
     with sqlite3.connect(side) as conn:
         conn.execute(SIDE_SCHEMA)
     conn.close()
@@ -128,10 +131,10 @@ def _check_limits(side: Path, factory: StorageFactory, killed: dict[int, float])
 
 
 async def test_four_workers_on_postgres_keep_the_limits_with_one_killed_midway(
-    postgres_server: PostgresServer, tmp_path: Path
+    postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     factory = StorageFactory("postgres", postgres_server.new_schema_dsn())
-    side = _side(tmp_path)
+    side = _side(tmp_path, monkeypatch)
     procs: list[Proc] = []
     try:
         async with trioflow.open_engine(
@@ -168,10 +171,10 @@ async def test_four_workers_on_postgres_keep_the_limits_with_one_killed_midway(
 
 
 async def test_priorities_order_the_starts_across_four_workers_on_postgres(
-    postgres_server: PostgresServer, tmp_path: Path
+    postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     factory = StorageFactory("postgres", postgres_server.new_schema_dsn())
-    side = _side(tmp_path)
+    side = _side(tmp_path, monkeypatch)
     procs: list[Proc] = []
     try:
         async with trioflow.open_engine(
@@ -199,9 +202,11 @@ async def test_priorities_order_the_starts_across_four_workers_on_postgres(
             proc.stop()
 
 
-async def test_two_engine_processes_on_one_sqlite_file_keep_the_limits(tmp_path: Path) -> None:
+async def test_two_engine_processes_on_one_sqlite_file_keep_the_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     factory = StorageFactory("sqlite", f"sqlite:{tmp_path / 'runs.db'}")
-    side = _side(tmp_path)
+    side = _side(tmp_path, monkeypatch)
     procs: list[Proc] = []
     try:
         async with trioflow.open_engine(
@@ -227,7 +232,7 @@ async def test_two_engine_processes_on_one_sqlite_file_keep_the_limits(tmp_path:
         ]
         starts = Counter(m[1] for m in marks if m[0] == "start")
         assert all(n == 1 for n in starts.values())
-        assert {m[3] for m in marks} == {proc.pid for proc in procs}  # both took runs
+        assert {m[3] for m in marks} == {proc.pid for proc in procs}  # both took runs (only)
     finally:
         for proc in procs:
             proc.stop()
