@@ -158,17 +158,21 @@ def claim_from_queue(
         elif workflow_id in workflow_ids and (run_owner is None or (lease or 0) < now):
             candidates.append(Candidate(run_id, key))
     _set_state(q, ended, "done")
-    taken: list[RunRow] = []
-    picked = pick(limits, candidates, active_keys=active_keys, started_in_window=started, room=room)
-    for run_id in picked:
-        rows = q(
-            "UPDATE trioflow_runs SET owner = ?, lease_until = ? WHERE run_id = ? "
-            "AND status = 'pending' AND (owner IS NULL OR lease_until < ?) "
-            f"RETURNING {SQL_COLUMNS}",
-            (owner, lease_until, run_id, now),
-        )
-        if rows:
-            taken.append(row_from_sql(rows[0]))
+    picked = pick(
+        limits, candidates, active_keys=active_keys, started_in_window=started, room=room
+    )
+    if not picked:
+        return []
+    # One statement for all the runs taken, rather than a round trip each.
+    rows = q(
+        "UPDATE trioflow_runs SET owner = ?, lease_until = ? "
+        f"WHERE run_id IN ({_marks(picked)}) "
+        "AND status = 'pending' AND (owner IS NULL OR lease_until < ?) "
+        f"RETURNING {SQL_COLUMNS}",
+        (owner, lease_until, *picked, now),
+    )
+    order = {run_id: index for index, run_id in enumerate(picked)}
+    taken = sorted((row_from_sql(values) for values in rows), key=lambda r: order[r.run_id])
     if taken:
         state = "active" if limits.limited else "waiting"
         q(
