@@ -148,3 +148,30 @@ async def test_worker_serves_only_the_queues_named_with_queue(tmp_path: Path) ->
             worker.wait()
         if worker.stderr is not None:
             worker.stderr.close()
+
+
+def _start_app_worker(tmp_path: Path, app: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "trioflow", "worker", app, "--db", str(tmp_path / "runs.db")]
+    return subprocess.Popen(argv, cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+async def test_worker_fires_the_schedules_its_app_defines(tmp_path: Path) -> None:
+    (tmp_path / "reports.py").write_text(SCHEDULE_APP)
+    worker = _start_app_worker(tmp_path, "reports.py:workflow")
+    try:
+        assert worker.stderr is not None
+        ready = await trio.to_thread.run_sync(worker.stderr.readline)
+        assert "firing schedules nightly" in ready
+        listed = json.loads(trioflow_cli(tmp_path, "schedules", "list", "--json").stdout)
+        assert [(s["id"], s["workflow_id"], s["paused"]) for s in listed] == [
+            ("nightly", "report", False)
+        ]
+        worker.send_signal(signal.SIGINT)
+        assert await trio.to_thread.run_sync(worker.wait, 20) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        if worker.stderr is not None:
+            worker.stderr.close()
