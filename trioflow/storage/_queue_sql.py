@@ -158,9 +158,7 @@ def claim_from_queue(
         elif workflow_id in workflow_ids and (run_owner is None or (lease or 0) < now):
             candidates.append(Candidate(run_id, key))
     _set_state(q, ended, "done")
-    picked = pick(
-        limits, candidates, active_keys=active_keys, started_in_window=started, room=room
-    )
+    picked = pick(limits, candidates, active_keys=active_keys, started_in_window=started, room=room)
     if not picked:
         return []
     # One statement for all the runs taken, rather than a round trip each.
