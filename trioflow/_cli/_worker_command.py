@@ -9,6 +9,7 @@ import sys
 
 import trio
 
+from .._queues import DEFAULT_QUEUE
 from .._worker import serve_worker
 from ..storage import PostgresStorage, SQLiteStorage, Storage
 from ._common import CliError, app_objects, load_workflow
@@ -20,7 +21,7 @@ async def worker_command(args: argparse.Namespace) -> int:
     queues, schedules = app_objects(args.apps)
     ids = {workflow.id for workflow in workflows}
     schedules = [s for s in schedules if s.workflow_id in ids]
-    known = {queue.name for queue in queues} | {"default"}
+    known = {queue.name for queue in queues} | {DEFAULT_QUEUE}
     for name in args.queues or ():
         if name not in known:
             raise CliError(
@@ -43,7 +44,7 @@ async def worker_command(args: argparse.Namespace) -> int:
             )
             engine = await nursery.start(start)
             names = ", ".join(w.id for w in workflows)
-            served = ", ".join(args.queues or ["default", *(q.name for q in queues)])
+            served = ", ".join(args.queues or [DEFAULT_QUEUE, *(q.name for q in queues)])
             fires = f"; firing schedules {', '.join(s.id for s in schedules)}" if schedules else ""
             print(
                 f"worker {engine.owner_id[:8]} on {where}: executing queued runs of {names}, "
