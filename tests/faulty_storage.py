@@ -98,3 +98,33 @@ class FaultyStorage(Storage):
 
     async def wait_cancel_requests(self) -> None:
         await self._pass("wait_cancel_requests")
+
+    async def register_schedules(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._pass("register_schedules", *args, **kwargs)
+
+    async def load_schedule(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._pass("load_schedule", *args, **kwargs)
+
+    async def list_schedules(self) -> Any:
+        return await self._pass("list_schedules")
+
+    async def set_schedule_paused(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._pass("set_schedule_paused", *args, **kwargs)
+
+    async def advance_schedule(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._pass("advance_schedule", *args, **kwargs)
+
+    async def insert_queued(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._pass("insert_queued", *args, **kwargs)
+
+    async def register_queues(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._pass("register_queues", *args, **kwargs)
+
+    async def claim_from_queues(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._pass("claim_from_queues", *args, **kwargs)
+
+    async def queue_place(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._pass("queue_place", *args, **kwargs)
+
+    async def queue_stats(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._pass("queue_stats", *args, **kwargs)

@@ -239,9 +239,8 @@ async def test_sqlite_schema_1_is_migrated(tmp_path: Path) -> None:
         assert result.status == "success"
         assert (await engine.get_run("old")).status == "pending"  # not queued: not taken
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (
-            3,
-        )  # 2: queued, 3: workflow_version
+        # 2: queued; 3: workflow_version, forked_from, the queue tables
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
     conn.close()
 
 

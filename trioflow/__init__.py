@@ -32,11 +32,14 @@ from ._events import WorkflowStepSuspended as WorkflowStepSuspended
 from ._events import WorkflowStepWaiting as WorkflowStepWaiting
 from ._events import decode_event as decode_event
 from ._events import encode_event as encode_event
+from ._queues import Queue as Queue
+from ._queues import RateLimit as RateLimit
 from ._results import CancelResult as CancelResult
 from ._results import RunResult as RunResult
 from ._results import StepResult as StepResult
 from ._retry import RetryConfig as RetryConfig
 from ._run import Run as Run
+from ._schedules import Schedule as Schedule
 from ._step import ConditionContext as ConditionContext
 from ._step import Step as Step
 from ._step import StepContext as StepContext
@@ -67,6 +70,8 @@ __all__ = [
     "EventStream",
     "MemoryStorage",
     "PostgresStorage",
+    "Queue",
+    "RateLimit",
     "RetryConfig",
     "Run",
     "EventTimeoutError",
@@ -76,6 +81,7 @@ __all__ = [
     "RunTimeoutError",
     "RunSummary",
     "SQLiteStorage",
+    "Schedule",
     "SnapshotError",
     "Step",
     "StepContext",

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import _snapshot
+from . import _queues, _schedules, _snapshot
 from ._clock import wall_time
 from ._errors import RunStateError, StorageError, UnstorableDataError, WorkflowVersionError
+from ._queues import Queue, QueueEntry, QueueLimits, QueuePlace, check_queues
 from ._results import RunStatus
+from ._schedules import Schedule, check_schedules, serve_schedules
 from ._schema import convert
-from .storage import RunRow, RunSummary, Storage
+from .storage import RunRow, RunSummary, ScheduleState, Storage
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -52,6 +54,9 @@ class Engine:
         lease_seconds: float,
         poll_interval: float,
         workers: int = 0,
+        queues: Iterable[Queue] = (),
+        schedules: Iterable[Schedule] = (),
+        serve_queues: Iterable[str] | None = None,
     ) -> None:
         self.storage = storage
         # id -> version -> definition; id -> the last version given (what create_run(id)
@@ -75,6 +80,14 @@ class Engine:
         self._unreadable: set[str] = set()
         # Runs stored before versions existed, told once that they take the latest version.
         self._adopted: set[str] = set()
+        # --- schedules and queues (trioflow/_schedules.py, trioflow/_queues.py) ---
+        self.queues: dict[str, Queue] = check_queues(queues)
+        self.schedules: dict[str, Schedule] = check_schedules(schedules)
+        for schedule in self.schedules.values():
+            self._workflow(schedule.workflow)  # a LookupError naming the known ones
+        # The queues this engine takes runs from when it is a worker, in the order it
+        # looks at them (rotated at each claim, so no queue starves another).
+        self._served: list[QueueLimits] = _queues.served(self.queues, serve_queues)
 
     def __repr__(self) -> str:
         return f"<trioflow.Engine on {self.storage!r}: {len(self._live)} executing>"
@@ -107,14 +120,40 @@ class Engine:
         workflow: str | Workflow,
         input_data: Any = None,
         *,
+        queue: str | None = None,
+        priority: int = 0,
+        key: str | None = None,
+        dedup_id: str | None = None,
         run_id: str | None = None,
         initial_state: Any = None,
         version: str | None = None,
     ) -> Run:
         """A new durable run of `workflow` with its input, stored ``'pending'`` and
         queued in one write: an engine opened with ``workers=N`` (any process sharing
-        the storage) that knows its version takes it and executes it. Wait for it with
-        ``run.result()``, cancel it with ``run.cancel()``."""
+        the storage) that serves `queue` and knows its version takes it and executes
+        it. Wait for it with ``run.result()``, cancel it with ``run.cancel()``.
+
+        `queue` names a queue given to ``open_engine(queues=[...])`` (default: the
+        default queue, which has no limits); runs of higher `priority` start first,
+        first in first out within a priority; `key` is what the queue's
+        ``per_key_concurrency`` counts. While a run of the queue with the same
+        `dedup_id` is queued or executing, that run is returned instead of a new one;
+        so is the run with id `run_id` if it is stored already (of the same workflow:
+        else `ValueError`)."""
+        entry = _queues.entry(self.queues, queue, priority, key, dedup_id)
+        run, _ = await self._enqueue(workflow, input_data, entry, run_id, initial_state, version)
+        return run
+
+    async def _enqueue(
+        self,
+        workflow: str | Workflow,
+        input_data: Any,
+        entry: QueueEntry,
+        run_id: str | None,
+        initial_state: Any = None,
+        version: str | None = None,
+    ) -> tuple[Run, bool]:
+        """`enqueue`, and whether the run is new (False: an existing one returned)."""
         from ._run import Run, _initial_state
 
         run = Run(self._workflow(workflow, version), run_id)
@@ -124,16 +163,46 @@ class Engine:
         if initial_state is not None or run.workflow.state_schema is not None:
             run._states[""] = _initial_state(run.workflow, initial_state)
         snapshot = _snapshot.encode(run._to_snapshot())
-        await self.storage.insert(
+        found = await self.storage.insert_queued(
             run.run_id,
             run.workflow.id,
-            "pending",
             snapshot,
             wall_time(),
-            queued=True,
+            entry,
             workflow_version=run.workflow.version,
         )
-        return run
+        if found is None:
+            return run, True
+        if found.workflow_id != run.workflow.id:
+            raise ValueError(
+                f"run {found.run_id!r} is stored already, of workflow {found.workflow_id!r}, "
+                f"not {run.workflow.id!r}; pick another run_id"
+            )
+        live = self._live.get(found.run_id)
+        return (live if live is not None else self._rebuild(found)), False
+
+    async def queue_place(self, run_id: str) -> QueuePlace | None:
+        """Where a queued run is: its queue, priority, key, state and (while it waits)
+        its position, 1 for the next to start; None for a run that was never queued."""
+        return await self.storage.queue_place(run_id, wall_time())
+
+    # --- schedules (trioflow/_schedules.py): pausing one never cancels a run ----------
+
+    async def pause_schedule(self, schedule_id: str) -> ScheduleState:
+        """Stop the schedule's fires, in every engine sharing the storage, until
+        `resume_schedule`. Runs it already started go on: cancel those with
+        ``run.cancel()``. `LookupError` for a schedule no engine registered."""
+        return await _schedules.set_paused(self, schedule_id, True)
+
+    async def resume_schedule(self, schedule_id: str) -> ScheduleState:
+        """Let a paused schedule fire again, from its next fire time (the fire times
+        passed while it was paused are not made up)."""
+        return await _schedules.set_paused(self, schedule_id, False)
+
+    async def trigger_schedule(self, schedule_id: str) -> Run:
+        """Fire the schedule now (also while paused): a run with id
+        ``"<id>@<now, ISO 8601 UTC>"``, as a fire at this time would make."""
+        return await _schedules.trigger(self, schedule_id)
 
     async def get_run(self, run_id: str) -> Run:
         """The run with this id, as stored (the live object if this engine executes it).
@@ -514,8 +583,14 @@ class Engine:
         await self._recover()
         if self.storage.notifies_cancels:
             self._nursery.start_soon(self._listen_cancels, name="trioflow cancel listener")
+        if self.queues:  # shown by `queues list` and `runs show`
+            limits = [queue.limits() for queue in self.queues.values()]
+            await self.storage.register_queues(limits, wall_time())
         if self.workers:
             self._nursery.start_soon(self._serve_queue, name="trioflow queue")
+        if self.schedules:
+            schedules = list(self.schedules.values())
+            await self._nursery.start(serve_schedules, self, schedules)
         task_status.started()
         # Leases expire on the wall clock, so they are renewed by it too: under a
         # MockClock Trio's time may run far ahead of (or behind) the wall clock.
@@ -709,9 +784,13 @@ class Engine:
                     free = self.workers - len(self._live)
                 if free > 0:
                     now = wall_time()
-                    rows = await self.storage.claim_queued(
+                    # Queue limits are counted by the storage, in its claim transaction; only
+                    # runs on versions this engine knows are taken.
+                    served = self._served = [*self._served[1:], *self._served[:1]]
+                    rows = await self.storage.claim_from_queues(
                         self.owner_id,
                         workflow_ids,
+                        served,
                         free,
                         now,
                         now + self.lease_seconds,
@@ -744,6 +823,9 @@ async def open_engine(
     poll_interval: float = 0.02,
     workers: int = 0,
     retention: dt.timedelta | None = None,
+    queues: Iterable[Queue] = (),
+    schedules: Iterable[Schedule] = (),
+    serve_queues: Iterable[str] | None = None,
 ) -> AsyncIterator[Engine]:
     """Open `storage` and an engine of durable runs of `workflows` on it.
 
@@ -753,7 +835,13 @@ async def open_engine(
     over at once).
 
     With ``workers=N`` the engine is also a worker: it takes queued runs (see
-    `Engine.enqueue`) of its workflows and executes at most N runs at once.
+    `Engine.enqueue`) of its workflows and executes at most N runs at once, from
+    the queues named in `serve_queues` (default: the default queue and every queue
+    in `queues`).
+
+    `queues` declares named queues and their limits (`trioflow.Queue`), which hold
+    across every engine sharing the storage; `schedules` (`trioflow.Schedule`) start
+    runs at the times of their cron expressions, each fire once across those engines.
 
     With ``retention=timedelta(days=30)`` the engine deletes, in the background, the
     finished runs that ended longer ago than that (`Engine.prune_runs`).
@@ -776,6 +864,11 @@ async def open_engine(
     index_versions(workflows)  # misuse raises as itself, not from inside the nursery
     if retention is not None:
         _retention_seconds("retention", retention)
+    queues, schedules = list(queues), list(schedules)
+    _schedules.check_workflows(check_schedules(schedules), workflows)
+    if serve_queues is not None:
+        serve_queues = list(serve_queues)
+    _queues.served(check_queues(queues), serve_queues)  # a LookupError for unknown names
     async with storage:
         engine: Engine | None = None
         body_error: BaseException | None = None
@@ -788,6 +881,9 @@ async def open_engine(
                     lease_seconds=lease_seconds,
                     poll_interval=poll_interval,
                     workers=workers,
+                    queues=queues,
+                    schedules=schedules,
+                    serve_queues=serve_queues,
                 )
                 await nursery.start(engine._maintain)
                 if retention is not None:

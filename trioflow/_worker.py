@@ -14,6 +14,8 @@ from typing import NoReturn
 import trio
 
 from ._engine import Engine, open_engine
+from ._queues import Queue
+from ._schedules import Schedule
 from ._workflow import Workflow
 from .storage import Storage
 
@@ -25,6 +27,9 @@ async def serve_worker(
     concurrency: int = 4,
     lease_seconds: float = 10.0,
     poll_interval: float = 0.02,
+    queues: Iterable[Queue] = (),
+    schedules: Iterable[Schedule] = (),
+    serve_queues: Iterable[str] | None = None,
     task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Execute queued runs of `workflows` from `storage` until cancelled.
@@ -32,6 +37,10 @@ async def serve_worker(
     Calls ``task_status.started(engine)`` once the engine is open and listening. When
     cancelled, the runs it executes are interrupted and left recoverable (their leases
     are dropped, so other workers take them over at once).
+
+    `queues`, `schedules` and `serve_queues` are as for `open_engine`: the worker
+    takes runs from the queues named in `serve_queues` (default: the default queue
+    and every queue in `queues`), within limits that hold across all workers.
     """
     if not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
@@ -41,6 +50,9 @@ async def serve_worker(
         lease_seconds=lease_seconds,
         poll_interval=poll_interval,
         workers=concurrency,
+        queues=queues,
+        schedules=schedules,
+        serve_queues=serve_queues,
     ) as engine:
         task_status.started(engine)
         await trio.sleep_forever()

@@ -25,6 +25,7 @@ from ._runs_commands import (
     show_command,
     watch_command,
 )
+from ._schedule_commands import add_schedule_parsers
 from ._serve_command import add_serve_parser
 from ._worker_command import add_worker_parser
 
@@ -250,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.set_defaults(handler=watch_command)
     add_worker_parser(commands, common, SEE_EXIT_CODES)
     add_serve_parser(commands, common, SEE_EXIT_CODES)
+    add_schedule_parsers(commands, common, SEE_EXIT_CODES)
     return parser
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import msgspec
 
 from .._errors import ValidationError
+from .._queues import Queue
+from .._schedules import Schedule
 from .._schema import convert
 from .._step import Step
 from .._workflow import Workflow
@@ -155,6 +157,20 @@ def load_workflow(spec: str) -> Workflow:
     return obj
 
 
+def app_objects(specs: list[str]) -> tuple[list[Queue], list[Schedule]]:
+    """The `trioflow.Queue` and `trioflow.Schedule` objects defined at module level in
+    the modules of ``MODULE_OR_FILE[:WORKFLOW]`` specs (each module once)."""
+    queues: dict[str, Queue] = {}
+    schedules: dict[str, Schedule] = {}
+    for target in dict.fromkeys(split_app(spec)[0] for spec in specs):
+        for value in vars(_import(target)).values():
+            if isinstance(value, Queue):
+                queues.setdefault(value.name, value)
+            elif isinstance(value, Schedule):
+                schedules.setdefault(value.id, value)
+    return list(queues.values()), list(schedules.values())
+
+
 def _workflows_in(module: ModuleType) -> dict[str, Workflow]:
     return {
         attr: value
@@ -192,12 +208,20 @@ def _import(target: str) -> ModuleType:
         raise _import_failed(target, exc) from exc
 
 
+# Files already loaded, by resolved path: a worker reads its workflows, queues and
+# schedules from one module, which must run once (its objects are compared).
+_loaded_files: dict[Path, ModuleType] = {}
+
+
 def _import_file(target: str) -> ModuleType:
     path = Path(target)
     if not path.is_file():
         raise CliError(
             f"cannot load {target}: no such file; check the path (relative to {os.getcwd()})"
         )
+    loaded = _loaded_files.get(path.resolve())
+    if loaded is not None:
+        return loaded
     stem = path.stem
     name = stem if stem.isidentifier() and stem not in sys.modules else "__trioflow_app__"
     spec = importlib.util.spec_from_file_location(name, path)
@@ -213,6 +237,7 @@ def _import_file(target: str) -> ModuleType:
     except Exception as exc:
         del sys.modules[name]
         raise _import_failed(target, exc) from exc
+    _loaded_files[path.resolve()] = module
     return module
 
 

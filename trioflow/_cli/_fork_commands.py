@@ -17,6 +17,7 @@ from .. import _snapshot
 from .._clock import wall_time
 from .._engine import open_engine
 from .._errors import RunNotFoundError
+from .._queues import QueueEntry
 from ._common import (
     EXIT_FAILED,
     EXIT_SUCCESS,
@@ -66,19 +67,32 @@ async def _fork(args: argparse.Namespace, from_step: str | None) -> int:
             forked = _snapshot.fork(original, new_id, step)
         except ValueError as exc:
             raise CliError(str(exc), EXIT_FAILED) from exc
-        try:
-            await storage.insert(
+        snapshot = _snapshot.encode(forked)
+        if workflow is None:  # queued, in the default queue, for a worker
+            found = await storage.insert_queued(
                 new_id,
                 row.workflow_id,
-                "pending",
-                _snapshot.encode(forked),
+                snapshot,
                 wall_time(),
-                queued=workflow is None,
+                QueueEntry(),
                 workflow_version=row.workflow_version,
                 forked_from=args.run_id,
             )
-        except ValueError as exc:
-            raise CliError(f"{exc} (--new-run-id)") from exc
+            if found is not None:
+                raise CliError(f"a run with id {new_id!r} is already stored (--new-run-id)")
+        else:
+            try:
+                await storage.insert(
+                    new_id,
+                    row.workflow_id,
+                    "pending",
+                    snapshot,
+                    wall_time(),
+                    workflow_version=row.workflow_version,
+                    forked_from=args.run_id,
+                )
+            except ValueError as exc:
+                raise CliError(f"{exc} (--new-run-id)") from exc
     if workflow is None:
         if args.json:
             print(json_dumps({"run_id": new_id, "forked_from": args.run_id, "step": step}))

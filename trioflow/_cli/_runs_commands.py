@@ -20,6 +20,7 @@ from .._clock import wall_time
 from .._engine import open_engine
 from .._errors import RunNotFoundError, ValidationError
 from .._events import WorkflowStepOutput, encode_event
+from .._queues import QueuePlace
 from .._run import _find_step
 from .._schema import convert
 from .._snapshot import Snapshot, StepRecord
@@ -158,6 +159,7 @@ async def show_command(args: argparse.Namespace) -> int:
     db = place(args)
     async with open_storage(args, read_only=True) as storage:
         row, snapshot = await _load(storage, args.run_id, db)
+        queued = await storage.queue_place(args.run_id, wall_time())
     summary = summary_from_snapshot(snapshot)
     if args.json:
         document = summary.to_json()
@@ -172,6 +174,7 @@ async def show_command(args: argparse.Namespace) -> int:
             updated_at=row.updated_at,
             input=snapshot.input,
             steps={path: _step_json(r) for path, r in snapshot.steps.items()},
+            queue=queued,
         )
         _print_json(document)
         return EXIT_SUCCESS
@@ -193,6 +196,8 @@ async def show_command(args: argparse.Namespace) -> int:
         view.line(f"reason    {summary.cancel_reason}")
     view.line(f"created   {local_time(row.created_at)}   updated {local_time(row.updated_at)}")
     view.line(f"input     {short_json(snapshot.input)}")
+    if queued is not None:
+        view.line(f"queue     {_describe_place(queued)}")
     if snapshot.status == "success":
         view.line(f"output    {short_json(snapshot.result)}")
     if summary.error is not None:
@@ -210,6 +215,20 @@ async def show_command(args: argparse.Namespace) -> int:
         detail = _step_detail(path, record, snapshot)
         view.line(f"{path:<{STEP_WIDTH}} {status} {started:<12}  {took:>7}  {detail}".rstrip())
     return EXIT_SUCCESS
+
+
+def _describe_place(place: QueuePlace) -> str:
+    """``emails (priority 5, key user-42): waiting, position 3; limits: concurrency 3``"""
+    details = [f"priority {place.priority}"]
+    if place.key is not None:
+        details.append(f"key {place.key}")
+    if place.dedup_id is not None:
+        details.append(f"dedup id {place.dedup_id}")
+    state = {"active": "taken by a worker", "done": "left the queue"}.get(place.state, "waiting")
+    if place.position is not None:
+        state += f", position {place.position}"
+    limits = "no limits" if place.limits is None else place.limits.describe()
+    return f"{place.queue} ({', '.join(details)}): {state}; limits: {limits}"
 
 
 # --- runs cancel ----------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from ._base import RunRow as RunRow
 from ._base import RunSummary as RunSummary
+from ._base import ScheduleState as ScheduleState
 from ._base import Storage as Storage
 from ._base import StoredEvent as StoredEvent
 from ._memory import MemoryStorage as MemoryStorage
@@ -15,5 +16,6 @@ __all__ = [
     "RunSummary",
     "StoredEvent",
     "SQLiteStorage",
+    "ScheduleState",
     "Storage",
 ]

@@ -13,6 +13,7 @@ import msgspec
 import trio
 
 from .._clock import wall_time
+from .._queues import QueueEntry, QueueLimits, QueuePlace, QueueStats
 from .._results import RunStatus
 
 TERMINAL_STATUSES = ("success", "failed", "canceled")
@@ -61,6 +62,21 @@ class StoredEvent(msgspec.Struct, frozen=True):
     seq: int
     name: str
     data: bytes
+
+
+class ScheduleState(msgspec.Struct, frozen=True, kw_only=True):
+    """A schedule as stored: its definition (for ``schedules list``), whether it is
+    paused, and `handled_until`: its fire times at or before this wall-clock time have
+    been dealt with (fired, skipped while paused, or passed over by its catch-up)."""
+
+    schedule_id: str
+    workflow_id: str
+    cron: str
+    timezone: str
+    catch_up: str
+    paused: bool
+    handled_until: float
+    updated_at: float
 
 
 # The columns of the runs table of the SQL backends, in the order `row_from_sql` reads.
@@ -278,6 +294,87 @@ class Storage(abc.ABC):
         until: float | None = None,
     ) -> list[RunSummary]:
         """Stored runs, newest first, paged."""
+
+    # --- schedules and queues (trioflow/_schedules.py, trioflow/_queues.py) -------------
+    # Kept in tables of their own; of the runs table they read only status, owner and
+    # lease. Backends that do not support them raise NotImplementedError.
+
+    async def register_schedules(
+        self, states: list[ScheduleState], now: float
+    ) -> dict[str, ScheduleState]:
+        """Store schedules an engine opens with: new ones as given, known ones with
+        their definition updated but their paused flag and `handled_until` kept. The
+        stored states, by schedule id."""
+        raise NotImplementedError(f"{type(self).__name__} does not support schedules")
+
+    async def load_schedule(self, schedule_id: str) -> ScheduleState | None:
+        """The stored schedule, or None if no engine has registered it."""
+        raise NotImplementedError(f"{type(self).__name__} does not support schedules")
+
+    async def list_schedules(self) -> list[ScheduleState]:
+        """Every stored schedule, by id."""
+        raise NotImplementedError(f"{type(self).__name__} does not support schedules")
+
+    async def set_schedule_paused(
+        self, schedule_id: str, paused: bool, now: float
+    ) -> ScheduleState | None:
+        """Pause or resume a schedule (None if unknown). Resuming moves `handled_until`
+        to `now`: the fire times passed while paused are not made up."""
+        raise NotImplementedError(f"{type(self).__name__} does not support schedules")
+
+    async def advance_schedule(self, schedule_id: str, until: float) -> None:
+        """Record that the schedule's fire times up to `until` were dealt with (never
+        moves `handled_until` back)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support schedules")
+
+    async def insert_queued(
+        self,
+        run_id: str,
+        workflow_id: str,
+        snapshot: bytes,
+        now: float,
+        entry: QueueEntry,
+        *,
+        workflow_version: str | None = None,
+        forked_from: str | None = None,
+    ) -> RunRow | None:
+        """Store a new ``'pending'`` run waiting in `entry.queue`, in one transaction
+        with the checks: None when stored; else the run already there, unchanged —
+        the run with this id, or the queued or executing run of the queue with the
+        same `entry.dedup_id`."""
+        raise NotImplementedError(f"{type(self).__name__} does not support named queues")
+
+    async def register_queues(self, queues: list[QueueLimits], now: float) -> None:
+        """Store the queues' limits as an engine declares them (for ``queues list``
+        and ``runs show``; claims use the limits the claimer passes)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support named queues")
+
+    async def claim_from_queues(
+        self,
+        owner: str,
+        workflow_ids: list[str],
+        queues: list[QueueLimits],
+        limit: int,
+        now: float,
+        lease_until: float,
+        *,
+        versions: Mapping[str, Iterable[str]] | None = None,
+    ) -> list[RunRow]:
+        """Take for `owner` up to `limit` waiting runs of these workflows (on these
+        `versions`, or stored before versions, when given) from
+        `queues` (in that order), within each queue's limits counted from the stored
+        state of every taker: in one transaction per queue, serialized with the
+        other takers of that queue. Higher priority first, first in first out within
+        a priority. The rows as taken."""
+        raise NotImplementedError(f"{type(self).__name__} does not support named queues")
+
+    async def queue_place(self, run_id: str, now: float) -> QueuePlace | None:
+        """Where a queued run is (None for a run that was never queued)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support named queues")
+
+    async def queue_stats(self, now: float) -> list[QueueStats]:
+        """Every queue that has runs or stored limits: waiting and executing counts."""
+        raise NotImplementedError(f"{type(self).__name__} does not support named queues")
 
     async def wait_cancel_requests(self) -> None:
         """Backends that push cancel requests (`notifies_cancels`): return when one may

@@ -10,11 +10,21 @@ import trio
 
 from .. import _snapshot
 from .._errors import RunNotFoundError
+from .._queues import (
+    DEFAULT_QUEUE,
+    Candidate,
+    QueueEntry,
+    QueueLimits,
+    QueuePlace,
+    QueueStats,
+    pick,
+)
 from .._results import RunStatus
 from ._base import (
     TERMINAL_STATUSES,
     RunRow,
     RunSummary,
+    ScheduleState,
     Storage,
     StoredEvent,
     workflow_key,
@@ -32,6 +42,11 @@ class MemoryStorage(Storage):
         # Events sent through the storage (`put_event`), numbered from 1.
         self._events: list[StoredEvent] = []
         self._version = 0
+        self._schedules: dict[str, ScheduleState] = {}
+        self._queues: dict[str, QueueLimits] = {}
+        # run id -> its queue entry, in the order enqueued (the same rules as the SQL
+        # backends' trioflow_queued: see _queue_sql.claim_from_queue).
+        self._queued: dict[str, _Queued] = {}
 
     async def open(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -245,6 +260,7 @@ class MemoryStorage(Storage):
         row = self._get(run_id)
         if row.status in TERMINAL_STATUSES:
             del self._rows[run_id]
+            self._queued.pop(run_id, None)
             self._version += 1
         return row.status
 
@@ -259,6 +275,7 @@ class MemoryStorage(Storage):
         ]
         for run_id in doomed:
             del self._rows[run_id]
+            self._queued.pop(run_id, None)
         self._version += 1
         return len(doomed)
 
@@ -301,6 +318,208 @@ class MemoryStorage(Storage):
             )
             for row in rows[offset : offset + limit]
         ]
+
+    # --- schedules and queues -------------------------------------------------------------
+
+    async def register_schedules(
+        self, states: list[ScheduleState], now: float
+    ) -> dict[str, ScheduleState]:
+        await trio.lowlevel.checkpoint()
+        for state in states:
+            old = self._schedules.get(state.schedule_id)
+            if old is not None:
+                state = _replace(
+                    state, paused=old.paused, handled_until=old.handled_until, updated_at=now
+                )
+            self._schedules[state.schedule_id] = state
+        return {state.schedule_id: self._schedules[state.schedule_id] for state in states}
+
+    async def load_schedule(self, schedule_id: str) -> ScheduleState | None:
+        await trio.lowlevel.checkpoint()
+        return self._schedules.get(schedule_id)
+
+    async def list_schedules(self) -> list[ScheduleState]:
+        await trio.lowlevel.checkpoint()
+        return [self._schedules[key] for key in sorted(self._schedules)]
+
+    async def set_schedule_paused(
+        self, schedule_id: str, paused: bool, now: float
+    ) -> ScheduleState | None:
+        await trio.lowlevel.checkpoint()
+        old = self._schedules.get(schedule_id)
+        if old is None:
+            return None
+        until = old.handled_until if paused else max(old.handled_until, now)
+        new = _replace(old, paused=paused, handled_until=until, updated_at=now)
+        self._schedules[schedule_id] = new
+        return new
+
+    async def advance_schedule(self, schedule_id: str, until: float) -> None:
+        await trio.lowlevel.checkpoint()
+        old = self._schedules.get(schedule_id)
+        if old is not None and old.handled_until < until:
+            self._schedules[schedule_id] = _replace(old, handled_until=until)
+
+    async def insert_queued(
+        self,
+        run_id: str,
+        workflow_id: str,
+        snapshot: bytes,
+        now: float,
+        entry: QueueEntry,
+        *,
+        workflow_version: str | None = None,
+        forked_from: str | None = None,
+    ) -> RunRow | None:
+        await trio.lowlevel.checkpoint()
+        if run_id in self._rows:
+            return self._rows[run_id]
+        if entry.dedup_id is not None:
+            for queued in self._queued.values():
+                row = self._rows.get(queued.run_id)
+                if (
+                    row is not None
+                    and queued.entry.queue == entry.queue
+                    and queued.entry.dedup_id == entry.dedup_id
+                    and row.status in ("pending", "running", "waiting")
+                ):
+                    return row
+        self._put(
+            RunRow(
+                run_id=run_id,
+                workflow_id=workflow_id,
+                status="pending",
+                snapshot=snapshot,
+                owner=None,
+                lease_until=None,
+                cancel_requested=False,
+                created_at=now,
+                updated_at=now,
+                queued=True,
+                workflow_version=workflow_version,
+                forked_from=forked_from,
+            )
+        )
+        self._queued[run_id] = _Queued(run_id, entry, len(self._queued))
+        return None
+
+    async def register_queues(self, queues: list[QueueLimits], now: float) -> None:
+        await trio.lowlevel.checkpoint()
+        for limits in queues:
+            self._queues[limits.name] = limits
+
+    async def claim_from_queues(
+        self,
+        owner: str,
+        workflow_ids: list[str],
+        queues: list[QueueLimits],
+        limit: int,
+        now: float,
+        lease_until: float,
+        *,
+        versions: Mapping[str, Iterable[str]] | None = None,
+    ) -> list[RunRow]:
+        await trio.lowlevel.checkpoint()
+        known = _known(workflow_ids, versions)
+        taken: list[RunRow] = []
+        for limits in queues:
+            room = limit - len(taken)
+            if room <= 0:
+                break
+            entries = [e for e in self._queued.values() if e.entry.queue == limits.name]
+            active_keys: list[str | None] = []
+            for queued in entries:
+                if queued.state == "active":
+                    row = self._rows[queued.run_id]
+                    held = row.owner is not None and (row.lease_until or 0) >= now
+                    if row.status in ("running", "waiting") or (row.status == "pending" and held):
+                        active_keys.append(queued.entry.key)
+                    else:
+                        queued.state = "waiting" if row.status == "pending" else "done"
+            started = 0
+            if limits.rate_per is not None:
+                started = sum(1 for e in entries if (e.started_at or -1) > now - limits.rate_per)
+            candidates = []
+            for queued in sorted(entries, key=lambda e: (-e.entry.priority, e.seq)):
+                if queued.state != "waiting":
+                    continue
+                row = self._rows[queued.run_id]
+                held = row.owner is not None and (row.lease_until or 0) >= now
+                if row.status != "pending":
+                    queued.state = "done"
+                elif known(row) and not held:
+                    candidates.append(Candidate(queued.run_id, queued.entry.key))
+            for run_id in pick(
+                limits, candidates, active_keys=active_keys, started_in_window=started, room=room
+            ):
+                row = _replace(self._rows[run_id], owner=owner, lease_until=lease_until)
+                self._put(row)
+                self._queued[run_id].state = "active"
+                self._queued[run_id].started_at = now
+                taken.append(row)
+        return taken
+
+    async def queue_place(self, run_id: str, now: float) -> QueuePlace | None:
+        await trio.lowlevel.checkpoint()
+        queued = self._queued.get(run_id)
+        if queued is None:
+            return None
+        entry = queued.entry
+        state = queued.state
+        if self._rows[run_id].status in (*TERMINAL_STATUSES, "suspended"):
+            state = "done"
+        position = None
+        if state == "waiting":
+            position = 1 + sum(
+                1
+                for other in self._queued.values()
+                if other.entry.queue == entry.queue
+                and other.state == "waiting"
+                and (-other.entry.priority, other.seq) < (-entry.priority, queued.seq)
+            )
+        return QueuePlace(
+            queue=entry.queue,
+            priority=entry.priority,
+            key=entry.key,
+            dedup_id=entry.dedup_id,
+            state=state,
+            position=position,
+            limits=self._queues.get(entry.queue),
+        )
+
+    async def queue_stats(self, now: float) -> list[QueueStats]:
+        await trio.lowlevel.checkpoint()
+        counts: dict[str, list[int]] = {}
+        for queued in self._queued.values():
+            row = self._rows[queued.run_id]
+            if row.status not in ("pending", "running", "waiting"):
+                continue
+            held = row.owner is not None and (row.lease_until or 0) >= now
+            taken = row.status != "pending" or held
+            counts.setdefault(queued.entry.queue, [0, 0])[1 if taken else 0] += 1
+        names = sorted(set(counts) | set(self._queues) | {DEFAULT_QUEUE})
+        return [
+            QueueStats(
+                name=name,
+                waiting=counts.get(name, [0, 0])[0],
+                executing=counts.get(name, [0, 0])[1],
+                limits=self._queues.get(name),
+            )
+            for name in names
+        ]
+
+
+class _Queued:
+    """A queued run's entry: `state` is 'waiting', 'active' (taken) or 'done'."""
+
+    __slots__ = ("entry", "run_id", "seq", "started_at", "state")
+
+    def __init__(self, run_id: str, entry: QueueEntry, seq: int) -> None:
+        self.run_id = run_id
+        self.entry = entry
+        self.seq = seq
+        self.state = "waiting"
+        self.started_at: float | None = None
 
 
 def _known(

@@ -50,12 +50,15 @@ import trio
 
 from .. import _snapshot
 from .._errors import RunNotFoundError, StorageError
+from .._queues import QueueEntry, QueueLimits, QueuePlace, QueueStats
 from .._results import RunStatus
+from . import _queue_sql
 from ._base import (
     SQL_COLUMNS,
     TERMINAL_STATUSES,
     RunRow,
     RunSummary,
+    ScheduleState,
     Storage,
     StoredEvent,
     row_from_sql,
@@ -69,7 +72,7 @@ T = TypeVar("T")
 
 logger = logging.getLogger("trioflow")
 
-SCHEMA_VERSION = 2  # 2: workflow_version and forked_from
+SCHEMA_VERSION = 2  # 2: workflow_version, forked_from, events, queues and schedules
 CANCEL_CHANNEL = "trioflow_cancel"
 # Notified with the run id when an executor stops executing a run (ended or suspended).
 ENDED_CHANNEL = "trioflow_ended"
@@ -108,6 +111,44 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             created_at DOUBLE PRECISION NOT NULL
         )""",
         "CREATE INDEX trioflow_events_run ON trioflow_events (run_id, seq)",
+        """CREATE TABLE trioflow_queued (
+            seq BIGSERIAL PRIMARY KEY,
+            run_id TEXT NOT NULL UNIQUE,
+            queue TEXT NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0,
+            queue_key TEXT,
+            dedup_id TEXT,
+            state TEXT NOT NULL,
+            enqueued_at DOUBLE PRECISION NOT NULL,
+            started_at DOUBLE PRECISION
+        )""",
+        "CREATE INDEX trioflow_queued_order ON trioflow_queued (queue, state, priority DESC, seq)",
+        "CREATE INDEX trioflow_queued_dedup ON trioflow_queued (queue, dedup_id) "
+        "WHERE dedup_id IS NOT NULL",
+        "CREATE INDEX trioflow_queued_started ON trioflow_queued (queue, started_at) "
+        "WHERE started_at IS NOT NULL",
+        """CREATE TABLE trioflow_queues (
+            name TEXT PRIMARY KEY,
+            concurrency INTEGER,
+            per_key_concurrency INTEGER,
+            rate_limit INTEGER,
+            rate_per DOUBLE PRECISION,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE trioflow_schedules (
+            schedule_id TEXT PRIMARY KEY,
+            workflow_id TEXT NOT NULL,
+            cron TEXT NOT NULL,
+            timezone TEXT NOT NULL,
+            catch_up TEXT NOT NULL,
+            paused INTEGER NOT NULL DEFAULT 0,
+            handled_until DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+        # Runs queued before wait in the default queue.
+        "INSERT INTO trioflow_queued (run_id, queue, state, enqueued_at) "
+        "SELECT run_id, 'default', 'waiting', created_at FROM trioflow_runs "
+        "WHERE queued AND status = 'pending' ORDER BY created_at",
     ),
 }
 _NOT_ENDED = "status NOT IN ('success', 'failed', 'canceled')"
@@ -685,8 +726,9 @@ class PostgresStorage(Storage):
                 "('success', 'failed', 'canceled') RETURNING status",
                 (run_id,),
             ).fetchone()
-            if found is not None:
+            if found is not None:  # and what hangs on it: its events, its queue entry
                 conn.execute("DELETE FROM trioflow_events WHERE run_id = %s", (run_id,))
+                conn.execute("DELETE FROM trioflow_queued WHERE run_id = %s", (run_id,))
             if found is None:
                 found = conn.execute(
                     "SELECT status FROM trioflow_runs WHERE run_id = %s", (run_id,)
@@ -709,10 +751,11 @@ class PostgresStorage(Storage):
                 "DELETE FROM trioflow_runs WHERE status = ANY(%s) AND updated_at < %s",
                 (list(statuses), ended_before),
             )
-            conn.execute(
-                "DELETE FROM trioflow_events e WHERE NOT EXISTS "
-                "(SELECT 1 FROM trioflow_runs r WHERE r.run_id = e.run_id)"
-            )
+            for table in ("trioflow_events", "trioflow_queued"):
+                conn.execute(
+                    f"DELETE FROM {table} e WHERE NOT EXISTS "
+                    "(SELECT 1 FROM trioflow_runs r WHERE r.run_id = e.run_id)"
+                )
             return cursor.rowcount
 
         return await self._call(work, idempotent=True)
@@ -776,6 +819,143 @@ class PostgresStorage(Storage):
             ]
 
         return await self._call(work, idempotent=True)
+
+    # --- schedules and queues: the SQL is shared with SQLite (_queue_sql) ---------------
+
+    async def _transaction(
+        self, fn: Callable[[_queue_sql.Query], T], *, idempotent: bool = False
+    ) -> T:
+        def work(conn: psycopg.Connection[Any]) -> T:
+            with conn.transaction():
+                return fn(_query(conn))
+
+        return await self._call(work, idempotent=idempotent)
+
+    async def register_schedules(
+        self, states: list[ScheduleState], now: float
+    ) -> dict[str, ScheduleState]:
+        return await self._transaction(
+            lambda q: _queue_sql.register_schedules(q, states, now), idempotent=True
+        )
+
+    async def load_schedule(self, schedule_id: str) -> ScheduleState | None:
+        return await self._transaction(
+            lambda q: _queue_sql.load_schedule(q, schedule_id), idempotent=True
+        )
+
+    async def list_schedules(self) -> list[ScheduleState]:
+        return await self._transaction(_queue_sql.list_schedules, idempotent=True)
+
+    async def set_schedule_paused(
+        self, schedule_id: str, paused: bool, now: float
+    ) -> ScheduleState | None:
+        return await self._transaction(
+            lambda q: _queue_sql.set_schedule_paused(q, schedule_id, paused, now),
+            idempotent=True,
+        )
+
+    async def advance_schedule(self, schedule_id: str, until: float) -> None:
+        await self._transaction(
+            lambda q: _queue_sql.advance_schedule(q, schedule_id, until), idempotent=True
+        )
+
+    async def insert_queued(
+        self,
+        run_id: str,
+        workflow_id: str,
+        snapshot: bytes,
+        now: float,
+        entry: QueueEntry,
+        *,
+        workflow_version: str | None = None,
+        forked_from: str | None = None,
+    ) -> RunRow | None:
+        def work(q: _queue_sql.Query) -> RunRow | None:
+            # Two engines storing the same run id or dedup id at once: the second waits
+            # for the first to commit, then finds its run. (Two keys whose hashes
+            # collide only wait for each other.)
+            q("SELECT pg_advisory_xact_lock(hashtext(?))", (f"trioflow run {run_id}",))
+            if entry.dedup_id is not None:
+                lock = f"trioflow dedup {entry.queue} {entry.dedup_id}"
+                q("SELECT pg_advisory_xact_lock(hashtext(?))", (lock,))
+            return _queue_sql.insert_queued(
+                q, run_id, workflow_id, snapshot, now, entry, workflow_version, forked_from
+            )
+
+        # Idempotent: a second attempt after a lost connection finds the first's run.
+        return await self._transaction(work, idempotent=True)
+
+    async def register_queues(self, queues: list[QueueLimits], now: float) -> None:
+        await self._transaction(
+            lambda q: _queue_sql.register_queues(q, queues, now, upsert=_queue_sql.UPSERT_QUEUE),
+            idempotent=True,
+        )
+
+    async def claim_from_queues(
+        self,
+        owner: str,
+        workflow_ids: list[str],
+        queues: list[QueueLimits],
+        limit: int,
+        now: float,
+        lease_until: float,
+        *,
+        versions: Mapping[str, Iterable[str]] | None = None,
+    ) -> list[RunRow]:
+        if not workflow_ids or not queues or limit < 1:
+            await trio.lowlevel.checkpoint()
+            return []
+        names = [limits.name for limits in queues]
+
+        def work(conn: psycopg.Connection[Any]) -> list[RunRow]:
+            q = _query(conn)
+            # An idle worker polls: look first, and lock only for work.
+            if not _queue_sql.any_waiting(q, names, workflow_ids, now):
+                return []
+            taken: list[RunRow] = []
+            for limits in queues:
+                room = limit - len(taken)
+                if room <= 0:
+                    break
+                # One transaction per queue. A queue with limits is locked (its row)
+                # so that its takers count its executing runs one after the other
+                # (each holds it for a few statements); they wait for it rather than
+                # skip it: with SKIP LOCKED, a worker whose run has just freed a slot
+                # could find the row busy and sleep a poll interval, leaving the slot
+                # empty. A queue without limits is not locked: its takers skip each
+                # other's rows.
+                with conn.transaction():
+                    if limits.limited:
+                        lock = "SELECT name FROM trioflow_queues WHERE name = ? FOR UPDATE"
+                        if not q(lock, (limits.name,)):
+                            q(
+                                "INSERT INTO trioflow_queues (name, updated_at) VALUES (?, ?) "
+                                "ON CONFLICT (name) DO NOTHING",
+                                (limits.name, now),
+                            )
+                            q(lock, (limits.name,))
+                    taken += _queue_sql.claim_from_queue(
+                        q,
+                        owner,
+                        workflow_ids,
+                        limits,
+                        room,
+                        now,
+                        lease_until,
+                        lock_rows="FOR UPDATE OF e SKIP LOCKED",
+                        versions=versions,
+                    )
+            return taken
+
+        return await self._call(work)
+
+    async def queue_place(self, run_id: str, now: float) -> QueuePlace | None:
+        return await self._transaction(
+            lambda q: _queue_sql.queue_place(q, run_id, now), idempotent=True
+        )
+
+    async def queue_stats(self, now: float) -> list[QueueStats]:
+        return await self._transaction(lambda q: _queue_sql.queue_stats(q, now), idempotent=True)
 
     # --- notifications --------------------------------------------------------------------
 
@@ -881,6 +1061,14 @@ class PostgresStorage(Storage):
         for events in waiters.values():
             for event in events:
                 event.set()
+
+
+def _query(conn: psycopg.Connection[Any]) -> _queue_sql.Query:
+    def query(sql: str, params: Any) -> list[Any]:
+        cursor = conn.execute(sql.replace("?", "%s"), params)
+        return cursor.fetchall() if cursor.description is not None else []
+
+    return query
 
 
 class _Interrupted(Exception):

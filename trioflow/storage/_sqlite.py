@@ -23,13 +23,16 @@ import trio
 
 from .. import _snapshot
 from .._errors import RunNotFoundError, StorageError
+from .._queues import QueueEntry, QueueLimits, QueuePlace, QueueStats
 from .._realtime import run_io
 from .._results import RunStatus
+from . import _queue_sql
 from ._base import (
     SQL_COLUMNS,
     TERMINAL_STATUSES,
     RunRow,
     RunSummary,
+    ScheduleState,
     Storage,
     StoredEvent,
     row_from_sql,
@@ -38,7 +41,7 @@ from ._base import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3  # 2: the queued column; 3: workflow_version and forked_from
+SCHEMA_VERSION = 3  # 2: the queued column; 3: workflow_version, forked_from, queues
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trioflow_runs (
     run_id TEXT PRIMARY KEY,
@@ -71,6 +74,47 @@ CREATE INDEX IF NOT EXISTS trioflow_runs_workflow_created
     ON trioflow_runs (workflow_id, created_at);
 CREATE INDEX IF NOT EXISTS trioflow_runs_queue ON trioflow_runs (created_at)
     WHERE status = 'pending' AND queued = 1;
+CREATE TABLE IF NOT EXISTS trioflow_queued (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL UNIQUE,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    queue_key TEXT,
+    dedup_id TEXT,
+    state TEXT NOT NULL,
+    enqueued_at REAL NOT NULL,
+    started_at REAL
+);
+CREATE INDEX IF NOT EXISTS trioflow_queued_order
+    ON trioflow_queued (queue, state, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS trioflow_queued_dedup ON trioflow_queued (queue, dedup_id)
+    WHERE dedup_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS trioflow_queued_started ON trioflow_queued (queue, started_at)
+    WHERE started_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS trioflow_queues (
+    name TEXT PRIMARY KEY,
+    concurrency INTEGER,
+    per_key_concurrency INTEGER,
+    rate_limit INTEGER,
+    rate_per REAL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trioflow_schedules (
+    schedule_id TEXT PRIMARY KEY,
+    workflow_id TEXT NOT NULL,
+    cron TEXT NOT NULL,
+    timezone TEXT NOT NULL,
+    catch_up TEXT NOT NULL,
+    paused INTEGER NOT NULL DEFAULT 0,
+    handled_until REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+# Runs queued before schema 3 wait in the default queue.
+_QUEUE_OLD_RUNS = """
+INSERT INTO trioflow_queued (run_id, queue, state, enqueued_at)
+SELECT run_id, 'default', 'waiting', created_at FROM trioflow_runs
+WHERE queued = 1 AND status = 'pending' ORDER BY created_at
 """
 _NOT_ENDED = "status NOT IN ('success', 'failed', 'canceled')"
 
@@ -168,6 +212,8 @@ class SQLiteStorage(Storage):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                if version in (1, 2):
+                    conn.execute(_QUEUE_OLD_RUNS)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -502,8 +548,9 @@ class SQLiteStorage(Storage):
                 "('success', 'failed', 'canceled') RETURNING status",
                 (run_id,),
             ).fetchone()
-            if found is not None:
+            if found is not None:  # and what hangs on it: its events, its queue entry
                 conn.execute("DELETE FROM trioflow_events WHERE run_id = ?", (run_id,))
+                conn.execute("DELETE FROM trioflow_queued WHERE run_id = ?", (run_id,))
             if found is None:
                 found = conn.execute(
                     "SELECT status FROM trioflow_runs WHERE run_id = ?", (run_id,)
@@ -526,9 +573,10 @@ class SQLiteStorage(Storage):
                 f"DELETE FROM trioflow_runs WHERE status IN ({marks}) AND updated_at < ?",
                 (*statuses, ended_before),
             )
-            conn.execute(
-                "DELETE FROM trioflow_events WHERE run_id NOT IN (SELECT run_id FROM trioflow_runs)"
-            )
+            for table in ("trioflow_events", "trioflow_queued"):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE run_id NOT IN (SELECT run_id FROM trioflow_runs)"
+                )
             return cursor.rowcount
 
         return await self._call(work)
@@ -591,6 +639,112 @@ class SQLiteStorage(Storage):
             ]
 
         return await self._call(work)
+
+    # --- schedules and queues: the SQL is shared with PostgreSQL (_queue_sql) -----------
+
+    async def _write(self, fn: Callable[[_queue_sql.Query], T]) -> T:
+        """`fn` in one transaction under the database's write lock (BEGIN IMMEDIATE):
+        every other connection's writes wait for it, which is what serializes the
+        takers of a queue."""
+
+        def work(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")  # errors roll back in _call
+            result = fn(_query(conn))
+            conn.execute("COMMIT")
+            return result
+
+        return await self._call(work)
+
+    async def _read(self, fn: Callable[[_queue_sql.Query], T]) -> T:
+        return await self._call(lambda conn: fn(_query(conn)))
+
+    async def register_schedules(
+        self, states: list[ScheduleState], now: float
+    ) -> dict[str, ScheduleState]:
+        return await self._write(lambda q: _queue_sql.register_schedules(q, states, now))
+
+    async def load_schedule(self, schedule_id: str) -> ScheduleState | None:
+        return await self._read(lambda q: _queue_sql.load_schedule(q, schedule_id))
+
+    async def list_schedules(self) -> list[ScheduleState]:
+        return await self._read(_queue_sql.list_schedules)
+
+    async def set_schedule_paused(
+        self, schedule_id: str, paused: bool, now: float
+    ) -> ScheduleState | None:
+        return await self._write(
+            lambda q: _queue_sql.set_schedule_paused(q, schedule_id, paused, now)
+        )
+
+    async def advance_schedule(self, schedule_id: str, until: float) -> None:
+        await self._read(lambda q: _queue_sql.advance_schedule(q, schedule_id, until))
+
+    async def insert_queued(
+        self,
+        run_id: str,
+        workflow_id: str,
+        snapshot: bytes,
+        now: float,
+        entry: QueueEntry,
+        *,
+        workflow_version: str | None = None,
+        forked_from: str | None = None,
+    ) -> RunRow | None:
+        return await self._write(
+            lambda q: _queue_sql.insert_queued(
+                q, run_id, workflow_id, snapshot, now, entry, workflow_version, forked_from
+            )
+        )
+
+    async def register_queues(self, queues: list[QueueLimits], now: float) -> None:
+        await self._write(
+            lambda q: _queue_sql.register_queues(q, queues, now, upsert=_queue_sql.UPSERT_QUEUE)
+        )
+
+    async def claim_from_queues(
+        self,
+        owner: str,
+        workflow_ids: list[str],
+        queues: list[QueueLimits],
+        limit: int,
+        now: float,
+        lease_until: float,
+        *,
+        versions: Mapping[str, Iterable[str]] | None = None,
+    ) -> list[RunRow]:
+        if not workflow_ids or not queues or limit < 1:
+            await trio.lowlevel.checkpoint()
+            return []
+        names = [limits.name for limits in queues]
+
+        def work(conn: sqlite3.Connection) -> list[RunRow]:
+            q = _query(conn)
+            # An idle worker polls: look first, and take the write lock only for work.
+            if not _queue_sql.any_waiting(q, names, workflow_ids, now):
+                return []
+            conn.execute("BEGIN IMMEDIATE")  # errors roll back in _call
+            taken: list[RunRow] = []
+            for limits in queues:
+                room = limit - len(taken)
+                if room <= 0:
+                    break
+                taken += _queue_sql.claim_from_queue(
+                    q, owner, workflow_ids, limits, room, now, lease_until, versions=versions
+                )
+            conn.execute("COMMIT")
+            return taken
+
+        return await self._call(work)
+
+    async def queue_place(self, run_id: str, now: float) -> QueuePlace | None:
+        return await self._read(lambda q: _queue_sql.queue_place(q, run_id, now))
+
+    async def queue_stats(self, now: float) -> list[QueueStats]:
+        return await self._read(lambda q: _queue_sql.queue_stats(q, now))
+
+
+def _query(conn: sqlite3.Connection) -> _queue_sql.Query:
+    return lambda sql, params: conn.execute(sql, params).fetchall()
 
 
 def _storage_error(path: str, exc: sqlite3.Error) -> StorageError:
