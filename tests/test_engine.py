@@ -226,6 +226,28 @@ async def test_open_engine_checks_its_arguments(new_storage: NewStorage) -> None
             pass  # pragma: no cover
 
 
+async def test_create_run_with_a_taken_id_returns_that_run_and_never_runs_it_twice(
+    new_storage: NewStorage,
+) -> None:
+    calls: list[str] = []
+    wf = typed_workflow(calls)
+    other = trioflow.create_workflow(id="other").then(
+        trioflow.create_step(id="s", execute=lambda ctx: None)
+    )
+    other = other.commit()
+    async with engine(new_storage, wf, other) as eng:
+        first = await eng.create_run(wf, run_id="order-7")
+        result = await first.start(Item(name="mug", count=2))
+        assert result.status == "success"
+        again = await eng.create_run(wf, run_id="order-7")
+        assert again.status == "success"
+        with pytest.raises(trioflow.RunStateError, match="was already started"):
+            await again.start(Item(name="mug", count=2))
+        with pytest.raises(ValueError, match="'order-7' is stored already, of workflow 'typed'"):
+            await eng.create_run(other, run_id="order-7")
+    assert calls == ["double", "total"]
+
+
 async def test_create_run_stores_a_pending_run(new_storage: NewStorage) -> None:
     wf = typed_workflow([])
     async with engine(new_storage, wf) as eng:
@@ -235,8 +257,8 @@ async def test_create_run_stores_a_pending_run(new_storage: NewStorage) -> None:
         assert by_id.status == by_object.status == "pending"
         assert by_object.run_id == "mine"
         assert by_id.workflow is wf
-        with pytest.raises(ValueError, match="'mine' is already stored; pick another run_id"):
-            await eng.create_run(wf, run_id="mine")
+        again_created = await eng.create_run(wf, run_id="mine")  # idempotent: the same run
+        assert (again_created.run_id, again_created.status) == ("mine", "pending")
         with pytest.raises(LookupError, match=r"does not know workflow 'nope'.*\['typed'\]"):
             await eng.create_run("nope")
         listed = await eng.list_runs()

@@ -99,20 +99,35 @@ class Engine:
     ) -> Run:
         """A new durable run of `workflow` (an id or a workflow given to the engine),
         stored ``'pending'``: on `version` of it, or the last version given to the
-        engine (a workflow object: its own version)."""
+        engine (a workflow object: its own version).
+
+        Idempotent: with the `run_id` of a run that is stored already, of the same
+        workflow, that run is returned (it never executes twice); of another workflow,
+        `ValueError` naming both."""
         from ._run import Run
 
         run = Run(self._workflow(workflow, version), run_id)
         run._engine = self
         snapshot = _snapshot.encode(run._to_snapshot())
-        await self.storage.insert(
-            run.run_id,
-            run.workflow.id,
-            "pending",
-            snapshot,
-            wall_time(),
-            workflow_version=run.workflow.version,
-        )
+        try:
+            await self.storage.insert(
+                run.run_id,
+                run.workflow.id,
+                "pending",
+                snapshot,
+                wall_time(),
+                workflow_version=run.workflow.version,
+            )
+        except ValueError:
+            if run_id is None:
+                raise  # a fresh UUID4 collided: not a run the caller asked for again
+            found = await self.storage.load(run_id)
+            if found.workflow_id != run.workflow.id:
+                raise ValueError(
+                    f"run {run_id!r} is stored already, of workflow {found.workflow_id!r}, "
+                    f"not {run.workflow.id!r}; pick another run_id"
+                ) from None
+            return await self.get_run(run_id)
         return run
 
     async def enqueue(
