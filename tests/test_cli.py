@@ -542,3 +542,20 @@ def test_a_run_whose_process_died_is_shown_orphaned(tmp_path: Path) -> None:
     assert "o" in trioflow(tmp_path, "runs", "list").stdout.split("(orphaned)")[0]
     document = json.loads(trioflow(tmp_path, "--json", "runs", "show", "o").stdout)
     assert (document["orphaned"], document["lease_holder"]) == (True, "dead")
+
+
+def test_runs_watch_prints_what_happened_between_two_looks_in_time_order(
+    tmp_path: Path,
+) -> None:
+    """The order pipeline ran before `runs watch` looked: its lines are in time order,
+    the parallel steps' ends included."""
+    done = trioflow(tmp_path, "run", ORDER_APP, "--input", json.dumps(ORDER), "--run-id", "t")
+    assert done.returncode == 0, done.stderr
+    watched = trioflow(tmp_path, "runs", "watch", "t")
+    times = [
+        float(line.split()[0].rstrip("s"))
+        for line in watched.stdout.splitlines()
+        if line.strip() and line.split()[0].rstrip("s").replace(".", "").isdigit()
+    ]
+    assert len(times) >= 8
+    assert times == sorted(times)

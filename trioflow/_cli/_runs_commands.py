@@ -336,6 +336,23 @@ async def resume_command(args: argparse.Namespace) -> int:
 # --- runs watch -----------------------------------------------------------------------
 
 
+class _Lines:
+    """Stands for the view while one update is worked out: keeps the lines, each with
+    its time (the first argument of `step` and `output`), to print them sorted."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[float, str, tuple[Any, ...]]] = []
+
+    def step(self, *args: Any) -> None:
+        self.lines.append((args[0], "step", args))
+
+    def output(self, *args: Any) -> None:
+        self.lines.append((args[0], "output", args))
+
+    def progress(self, *args: Any) -> None:
+        self.lines.append((args[0], "progress", args))
+
+
 class SnapshotFollower:
     """Prints what changed between two snapshots of a run: step transitions,
     ``foreach`` progress and the output events stored by steps created with
@@ -355,6 +372,22 @@ class SnapshotFollower:
         return max(0.0, (at if at is not None else wall_time()) - self.base)
 
     def update(self, snapshot: Snapshot, created_at: float) -> None:
+        """Print what changed, in the order it happened: several steps may have moved
+        between two looks, and their lines are sorted by their times."""
+        view = self.view
+        if view is None:
+            self._update(snapshot, created_at)
+            return
+        lines = _Lines()
+        self.view = lines  # type: ignore[assignment]
+        try:
+            self._update(snapshot, created_at)
+        finally:
+            self.view = view
+        for _, method, args in sorted(lines.lines, key=lambda line: line[0]):
+            getattr(view, method)(*args)
+
+    def _update(self, snapshot: Snapshot, created_at: float) -> None:
         if self.base is None:
             starts = [r.started_at for r in snapshot.steps.values() if r.started_at is not None]
             self.base = min(starts) if starts else created_at
