@@ -362,8 +362,8 @@ async def test_engine_basics(storage_factory: StorageFactory) -> None:
         result = await run.start(input_data={"x": 1})
         assert result.status == "success"
         assert result.result == {"x": 1, "pids": [os.getpid()] * 3}
-        with pytest.raises(ValueError, match="already stored"):
-            await engine.create_run("three", run_id="first")
+        again = await engine.create_run("three", run_id="first")  # idempotent: the same run
+        assert (again.run_id, again.status) == ("first", "success")
         with pytest.raises(trioflow.RunNotFoundError):
             await engine.get_run("missing")
         for _ in range(5):

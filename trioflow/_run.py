@@ -600,7 +600,10 @@ class Run:
             self._deadline = wall_time() + self._timeout
             wait = self._timeout
         else:
-            wait = max(0.0, self._deadline - wall_time())
+            wait = self._deadline - wall_time()
+            if wait <= 0:  # passed while the run was suspended or down: no step starts
+                self._time_out()
+                return None
         return call_at(trio.current_time() + wait, self._time_out)
 
     def _time_out(self) -> None:
