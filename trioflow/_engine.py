@@ -25,6 +25,7 @@ from ._schema import convert
 from .storage import RunRow, RunSummary, Storage
 
 if TYPE_CHECKING:
+    from ._logs import PendingLogs
     from ._run import Run
     from ._workflow import Workflow
 
@@ -271,6 +272,8 @@ class Engine:
                     run._drop_unstorable()
                     data = run._encode_snapshot()
                 status = run._status
+                if run._logs:  # first, so a reader that sees the run ended sees its logs
+                    await self._store_logs(run, run._logs)
                 saved = await self.storage.save(
                     run.run_id, status, data, self.owner_id, wall_time(), release=release
                 )
@@ -285,6 +288,16 @@ class Engine:
             run._lost = True
             if run._scope is not None:
                 run._scope.cancel()
+
+    async def _store_logs(self, run: Run, pending: PendingLogs) -> None:
+        """Write what the run's steps logged since the last write. A failure keeps the
+        records for the next write and does not stop the run: logs are not its state."""
+        logs, skipped = pending.take()
+        try:
+            await self.storage.append_logs(run.run_id, logs, skipped=skipped)
+        except StorageError:
+            pending.put_back(logs, skipped)
+            logger.warning("run %s: its logs could not be stored yet", run.run_id, exc_info=True)
 
     async def _store_canceled(self, run: Run) -> None:
         """Make sure the 'canceled' that `cancel()` is about to report is stored: try
