@@ -13,6 +13,7 @@ import trio
 
 from .._errors import SnapshotError, StorageError
 from ._common import DEFAULT_DB, EXIT_CANCELED, EXIT_FAILED, EXIT_USAGE, CliError
+from ._logs_command import add_logs_parser
 from ._run_command import run_command
 from ._runs_commands import (
     cancel_command,
@@ -114,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser(
         "runs",
-        help="List, show, cancel, resume and watch stored runs.",
-        description="List, show, cancel, resume and watch the runs stored in the database.",
+        help="List, show, cancel, resume and watch stored runs, and read their logs.",
+        description="List, show, cancel, resume and watch the runs stored in the database, "
+        "and read their logs.",
         parents=[common],
         epilog=EXIT_CODES_HELP,
         formatter_class=formatter,
@@ -179,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often to read the stored run (0.1)",
     )
     watch.set_defaults(handler=watch_command)
+    add_logs_parser(actions, sub)
     add_worker_parser(commands, common, EXIT_CODES_HELP)
     return parser
 
