@@ -37,6 +37,8 @@ RECOVER_BATCH = 100
 FAULTS_BEFORE_FAILING = 3
 # How often `cancel()` tries to store a run's 'canceled' before it gives up.
 STORE_CANCELED_ATTEMPTS = 3
+# How often (wall-clock seconds) the logs of a step still running are written, at most.
+LOG_FLUSH_INTERVAL = 0.5
 
 
 class Engine:
@@ -299,6 +301,19 @@ class Engine:
             pending.put_back(logs, skipped)
             logger.warning("run %s: its logs could not be stored yet", run.run_id, exc_info=True)
 
+    async def _flush_logs(self) -> None:
+        """Write the logs of the runs executing here that logged since their last write
+        (their snapshots are written when their steps end, which may be long)."""
+        for run in list(self._live.values()):
+            if not run._logs or run._lost:
+                continue
+            if run._save_lock is None:
+                run._save_lock = trio.Lock()
+            async with run._save_lock:  # one writer of a run's records at a time
+                if run._logs:
+                    with trio.CancelScope(shield=True):
+                        await self._store_logs(run, run._logs)
+
     async def _store_canceled(self, run: Run) -> None:
         """Make sure the 'canceled' that `cancel()` is about to report is stored: try
         again if the run's final write failed; `StorageError` if it keeps failing (the
@@ -375,6 +390,7 @@ class Engine:
         recover_every = self.lease_seconds / 2
         next_renew = wall_time() + renew_every
         next_recover = wall_time() + recover_every
+        next_flush = wall_time() + LOG_FLUSH_INTERVAL
         seen_version: int | None = None
         while True:
             await trio.sleep(self.poll_interval)
@@ -388,6 +404,9 @@ class Engine:
                 if now >= next_recover and not self._closing and not self.workers:
                     next_recover = now + recover_every
                     await self._recover()
+                if now >= next_flush:  # what long steps logged, for `runs logs --follow`
+                    next_flush = now + LOG_FLUSH_INTERVAL
+                    await self._flush_logs()
                 if self._live and not self.storage.notifies_cancels:
                     version = await self.storage.data_version()
                     if version != seen_version:
