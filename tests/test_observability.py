@@ -9,9 +9,14 @@ puts the API's defaults back after), so every other test runs untraced.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -29,6 +34,9 @@ from opentelemetry.trace import StatusCode
 
 import trioflow
 from trioflow import _logs, _snapshot, _tracing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "docs"))
+from check_snippets import python_blocks
 
 
 @dataclass
@@ -540,3 +548,97 @@ def test_a_snapshot_of_an_older_trioflow_without_tracebacks_is_read() -> None:
     )
     snapshot = _snapshot.decode("o", old)
     assert snapshot.error is not None and snapshot.error.traceback is None
+
+
+# --- the documented program -----------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "observability.md"
+
+# Stand-ins for opentelemetry-exporter-otlp-proto-http (not a test dependency): the same
+# module paths and constructor, recording what the SDK hands them in a JSON-lines file.
+STUB_TRACE_EXPORTER = """
+import json, os
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+class OTLPSpanExporter(SpanExporter):
+    def __init__(self, endpoint=None, **kwargs):
+        self.endpoint = endpoint
+
+    def export(self, spans):
+        with open(os.environ["STUB_OUT"], "a") as out:
+            for span in spans:
+                parent = span.parent.span_id if span.parent else None
+                out.write(json.dumps({"endpoint": self.endpoint, "span": span.name,
+                                      "trace": span.context.trace_id, "id": span.context.span_id,
+                                      "parent": parent, "events": [e.name for e in span.events],
+                                      "status": span.status.status_code.name}) + "\\n")
+        return SpanExportResult.SUCCESS
+"""
+STUB_METRIC_EXPORTER = """
+import json, os
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
+
+class OTLPMetricExporter(MetricExporter):
+    def __init__(self, endpoint=None, **kwargs):
+        super().__init__()
+        self.endpoint = endpoint
+
+    def export(self, metrics_data, timeout_millis=10_000, **kwargs):
+        with open(os.environ["STUB_OUT"], "a") as out:
+            for resource in metrics_data.resource_metrics:
+                for scope in resource.scope_metrics:
+                    for metric in scope.metrics:
+                        out.write(json.dumps({"endpoint": self.endpoint,
+                                              "metric": metric.name}) + "\\n")
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis=10_000):
+        return True
+
+    def shutdown(self, timeout_millis=30_000, **kwargs):
+        pass
+"""
+
+
+@pytest.mark.slow
+def test_the_documented_otlp_program_exports_the_run_trace(tmp_path: Path) -> None:
+    (block,) = [code for _, code in python_blocks(DOCS.read_text()) if "OTLPSpanExporter" in code]
+    (tmp_path / "traced_orders.py").write_text(block)
+    stubs = tmp_path / "stubs" / "opentelemetry" / "exporter" / "otlp" / "proto" / "http"
+    stubs.mkdir(parents=True)
+    (stubs / "__init__.py").write_text("")
+    (stubs / "trace_exporter.py").write_text(STUB_TRACE_EXPORTER)
+    (stubs / "metric_exporter.py").write_text(STUB_METRIC_EXPORTER)
+    out = tmp_path / "exported.jsonl"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "stubs"), os.environ.get("PYTHONPATH", "")]),
+        "STUB_OUT": str(out),
+        "OTLP_ENDPOINT": "http://collector:4318",
+    }
+    done = subprocess.run(
+        [sys.executable, "traced_orders.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("run ") and ": success; trace " in done.stdout
+    exported = [json.loads(line) for line in out.read_text().splitlines()]
+    spans = {e["span"]: e for e in exported if "span" in e}
+    by_name = [e["span"] for e in exported if "span" in e]
+    assert by_name.count("trioflow.step reserve-stock") == 2
+    assert {"trioflow.run orders", "trioflow.step charge", "trioflow.step notify"} <= set(spans)
+    request, run = spans["handle order request"], spans["trioflow.run orders"]
+    assert run["parent"] == request["id"] and run["trace"] == request["trace"]
+    assert done.stdout.rstrip().endswith(format(request["trace"], "032x"))
+    assert "retry" in run["events"]
+    assert {e["endpoint"] for e in exported if "span" in e} == {"http://collector:4318/v1/traces"}
+    metric_names = {e["metric"] for e in exported if "metric" in e}
+    assert {"trioflow.runs", "trioflow.step.duration"} <= metric_names
+    assert {e["endpoint"] for e in exported if "metric" in e} == {
+        "http://collector:4318/v1/metrics"
+    }
