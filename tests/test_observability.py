@@ -642,3 +642,45 @@ def test_the_documented_otlp_program_exports_the_run_trace(tmp_path: Path) -> No
     assert {e["endpoint"] for e in exported if "metric" in e} == {
         "http://collector:4318/v1/metrics"
     }
+
+
+async def test_the_workflow_version_is_an_attribute_when_the_workflow_has_one(otel: Otel) -> None:
+    class Versioned:
+        id = "orders"
+        version = "2"
+
+    instruments = _tracing.instruments()
+    assert instruments is not None
+    execution = await _tracing.open_execution(
+        instruments, run_id="v-1", workflow=Versioned(), carrier=None, load=None, store=None
+    )
+    with execution.step("a", 1):
+        pass
+    execution.end("success", None, [], ended=True)
+    for span in otel.spans():
+        assert attrs(span)["trioflow.workflow_version"] == "2"
+    assert execution.carrier is not None
+    assert execution.carrier["traceparent"].startswith("00-")
+
+
+def test_pending_logs_are_bounded_before_they_are_stored() -> None:
+    pending = _logs.PendingLogs()
+    assert not pending
+    for i in range(_logs.STORED_LOGS + 5):
+        pending.add(_logs.NewLog(0.0, "INFO", f"m{i}", "s", 1))
+    entries, skipped = pending.take()
+    assert (len(entries), skipped, entries[0].message) == (_logs.STORED_LOGS, 5, "m5")
+    assert not pending
+    pending.add(_logs.NewLog(0.0, "INFO", "newer", "s", 1))
+    pending.put_back(entries[-2:], 3)  # a failed write: kept, before the newer record
+    entries, skipped = pending.take()
+    assert [e.message for e in entries] == [f"m{_logs.STORED_LOGS + 3}", "m1004", "newer"]
+    assert skipped == 3
+
+
+def test_a_reader_is_told_only_of_the_dropped_records_it_had_not_seen() -> None:
+    entries = [_logs.LogEntry(seq=s, time=0.0, level="INFO", message="m") for s in (10, 11)]
+    (marker, *_) = _logs.with_drop_marker(entries, after=5)
+    assert marker.seq == 9 and marker.message.startswith("4 earlier log records were dropped")
+    assert _logs.with_drop_marker(entries, after=9) == entries
+    assert _logs.bounded("abcdef", 4) == "[2 characters dropped]\ncdef"
