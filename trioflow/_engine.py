@@ -37,7 +37,7 @@ RECOVER_BATCH = 100
 FAULTS_BEFORE_FAILING = 3
 # How often `cancel()` tries to store a run's 'canceled' before it gives up.
 STORE_CANCELED_ATTEMPTS = 3
-# How often (wall-clock seconds) the logs of a step still running are written, at most.
+# Every how many wall-clock seconds an engine writes what its running steps have logged.
 LOG_FLUSH_INTERVAL = 0.5
 
 
