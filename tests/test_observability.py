@@ -37,6 +37,7 @@ from trioflow import _logs, _snapshot, _tracing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "docs"))
 from check_snippets import python_blocks
+from faulty_storage import FaultyStorage
 
 
 @dataclass
@@ -684,3 +685,29 @@ def test_a_reader_is_told_only_of_the_dropped_records_it_had_not_seen() -> None:
     assert marker.seq == 9 and marker.message.startswith("4 earlier log records were dropped")
     assert _logs.with_drop_marker(entries, after=9) == entries
     assert _logs.bounded("abcdef", 4) == "[2 characters dropped]\ncdef"
+
+
+async def test_a_trace_context_that_cannot_be_stored_costs_only_the_continuity(
+    otel: Otel, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = FaultyStorage(trioflow.MemoryStorage())
+    storage.fail("store_trace_context", times=None)
+    async with trioflow.open_engine(storage=storage, workflows=[approval]) as engine:
+        run = await engine.create_run("approval", run_id="s-1")
+        assert (await run.start(input_data=1)).status == "suspended"
+    assert "the trace context of a run could not be read or stored" in caplog.text
+    assert otel.span("trioflow.run approval").end_time is not None
+    assert trace.get_current_span() is trace.INVALID_SPAN  # nothing left current here
+
+
+async def test_a_broken_trace_store_leaves_no_span_open_or_current(otel: Otel) -> None:
+    class Broken(trioflow.MemoryStorage):
+        async def store_trace_context(self, run_id: str, carrier: dict[str, str]) -> None:
+            raise RuntimeError("a bug in a storage")
+
+    async with trioflow.open_engine(storage=Broken(), workflows=[approval]) as engine:
+        run = await engine.create_run("approval", run_id="b-1")
+        with pytest.raises(RuntimeError, match="a bug in a storage"):
+            await run.start(input_data=1)
+        assert trace.get_current_span() is trace.INVALID_SPAN
+    assert otel.span("trioflow.run approval").end_time is not None

@@ -305,7 +305,14 @@ async def open_execution(
         parent=carrier,
     )
     if carrier is None and store is not None and execution.carrier is not None:
-        await _quietly(lambda: store(execution.carrier))  # type: ignore[arg-type]
+        try:
+            # Shielded (storage bounds it in real time): once its span is current, the
+            # execution's trace must reach the caller, which ends it.
+            with trio.CancelScope(shield=True):
+                await _quietly(lambda: store(execution.carrier))  # type: ignore[arg-type]
+        except BaseException:
+            execution.end("running", None, [], ended=False)  # a bug: no span left open
+            raise
     return execution
 
 
