@@ -59,6 +59,18 @@ class FaultyStorage(Storage):
     async def claim(self, *args: Any, **kwargs: Any) -> Any:
         return await self._pass("claim", *args, **kwargs)
 
+    async def append_logs(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._pass("append_logs", *args, **kwargs)
+
+    async def read_logs(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._pass("read_logs", *args, **kwargs)
+
+    async def store_trace_context(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._pass("store_trace_context", *args, **kwargs)
+
+    async def load_trace_context(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._pass("load_trace_context", *args, **kwargs)
+
     async def claim_queued(self, *args: Any, **kwargs: Any) -> Any:
         return await self._pass("claim_queued", *args, **kwargs)
 

@@ -28,6 +28,7 @@ from ._schema import convert
 from .storage import RunRow, RunSummary, ScheduleState, Storage
 
 if TYPE_CHECKING:
+    from ._logs import PendingLogs
     from ._run import Run
     from ._step import Step
     from ._workflow import Workflow
@@ -40,6 +41,8 @@ RECOVER_BATCH = 100
 FAULTS_BEFORE_FAILING = 3
 # How often `cancel()` tries to store a run's 'canceled' before it gives up.
 STORE_CANCELED_ATTEMPTS = 3
+# Every how many wall-clock seconds an engine writes what its running steps have logged.
+LOG_FLUSH_INTERVAL = 0.5
 
 
 class Engine:
@@ -515,6 +518,8 @@ class Engine:
                     run._drop_unstorable()
                     data = run._encode_snapshot()
                 status = run._status
+                if run._logs:  # first, so a reader that sees the run ended sees its logs
+                    await self._store_logs(run, run._logs)
                 saved = await self.storage.save(
                     run.run_id, status, data, self.owner_id, wall_time(), release=release
                 )
@@ -529,6 +534,29 @@ class Engine:
             run._lost = True
             if run._scope is not None:
                 run._scope.cancel()
+
+    async def _store_logs(self, run: Run, pending: PendingLogs) -> None:
+        """Write what the run's steps logged since the last write. A failure keeps the
+        records for the next write and does not stop the run: logs are not its state."""
+        logs, skipped = pending.take()
+        try:
+            await self.storage.append_logs(run.run_id, logs, skipped=skipped)
+        except StorageError:
+            pending.put_back(logs, skipped)
+            logger.warning("run %s: its logs could not be stored yet", run.run_id, exc_info=True)
+
+    async def _flush_logs(self) -> None:
+        """Write the logs of the runs executing here that logged since their last write
+        (their snapshots are written when their steps end, which may be long)."""
+        for run in list(self._live.values()):
+            if not run._logs or run._lost:
+                continue
+            if run._save_lock is None:
+                run._save_lock = trio.Lock()
+            async with run._save_lock:  # one writer of a run's records at a time
+                if run._logs:
+                    with trio.CancelScope(shield=True):
+                        await self._store_logs(run, run._logs)
 
     async def _store_canceled(self, run: Run) -> None:
         """Make sure the 'canceled' that `cancel()` is about to report is stored: try
@@ -613,6 +641,7 @@ class Engine:
         recover_every = self.lease_seconds / 2
         next_renew = wall_time() + renew_every
         next_recover = wall_time() + recover_every
+        next_flush = wall_time() + LOG_FLUSH_INTERVAL
         seen_version: int | None = None
         while True:
             await trio.sleep(self.poll_interval)
@@ -626,6 +655,9 @@ class Engine:
                 if now >= next_recover and not self._closing and not self.workers:
                     next_recover = now + recover_every
                     await self._recover()
+                if now >= next_flush:  # what long steps logged, for `runs logs --follow`
+                    next_flush = now + LOG_FLUSH_INTERVAL
+                    await self._flush_logs()
                 if self._live and not self.storage.notifies_cancels:
                     version = await self.storage.data_version()
                     if version != seen_version:

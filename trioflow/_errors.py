@@ -91,9 +91,17 @@ class StepFailedError(TrioflowError):
     """A step failed with an exception whose object is no longer at hand, such as a run
     loaded from storage in another process; ``type_name`` names the original class."""
 
-    def __init__(self, message: str, *, step_id: str | None = None, type_name: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        step_id: str | None = None,
+        type_name: str = "",
+        traceback: str | None = None,
+    ) -> None:
         self.step_id = step_id
         self.type_name = type_name
+        self.traceback = traceback  # the original's formatted traceback, as stored
         super().__init__(message)
 
 

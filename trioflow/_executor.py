@@ -12,6 +12,7 @@ untouched and leaves the interrupted steps in flight for the canceller to record
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import inspect
 import math
@@ -28,6 +29,7 @@ from ._realtime import run_in_thread
 from ._results import StepResult
 from ._schema import convert
 from ._step import Bail, ConditionContext, Step, StepContext, Suspend, call_maybe_async
+from ._tracing import ATTEMPT, STEP_ID
 from ._workflow import (
     BranchNode,
     ForeachNode,
@@ -290,7 +292,11 @@ async def finish_step(
             # The common case, without the coroutine layer of retries and timeouts.
             ctx = StepContext(frame, value, run._signal, resume_data, 0, False, step)
             try:
-                output = await step.execute(ctx)
+                if run._trace is None:
+                    output = await step.execute(ctx)
+                else:
+                    with run._trace.step(path, 1):
+                        output = await step.execute(ctx)
             finally:
                 if ctx._signal is not None:
                     ctx._close()
@@ -343,24 +349,28 @@ async def call_step(
     config = frame.workflow.retry_config
     retries = step.retries if step.retries is not None else config.attempts
     attempt = 0
+    trace = run._trace
     while True:
         try:
-            if step.timeout is None:
-                ctx = StepContext(
-                    frame, value, run._signal, resume_data, attempt, not step.is_async, step
-                )
-                try:
-                    if step.is_async:
-                        output = await step.execute(ctx)
-                    else:
-                        output = await run_in_thread(step.execute, ctx)
-                finally:
-                    ctx._close()
-            else:
-                output = await _call_with_timeout(frame, step, path, value, resume_data, attempt)
-            if step.output_schema is None:
-                return output
-            return convert(output, step.output_schema, step_id=path, what="output")
+            with _NO_TRACE if trace is None else trace.step(path, attempt + 1):
+                if step.timeout is None:
+                    ctx = StepContext(
+                        frame, value, run._signal, resume_data, attempt, not step.is_async, step
+                    )
+                    try:
+                        if step.is_async:
+                            output = await step.execute(ctx)
+                        else:
+                            output = await run_in_thread(step.execute, ctx)
+                    finally:
+                        ctx._close()
+                else:
+                    output = await _call_with_timeout(
+                        frame, step, path, value, resume_data, attempt
+                    )
+                if step.output_schema is not None:
+                    output = convert(output, step.output_schema, step_id=path, what="output")
+            return output
         except (Suspend, Bail, AbortError):
             raise
         except Exception as exc:
@@ -368,6 +378,8 @@ async def call_step(
                 raise
         attempt += 1
         delay = config.delay_before(attempt)
+        if trace is not None:
+            trace.event("retry", **{STEP_ID: path, ATTEMPT: attempt + 1, "trioflow.delay": delay})
         if delay > 0:
             run._enter_waiting()  # a back-off is a wait (SPEC §3.5): the run is 'waiting'
             try:
@@ -382,6 +394,10 @@ async def call_step(
             raise run._timeout_error
         if run.cancel_requested or run._lost:  # a canceled step is never retried
             raise AbortError("the run was canceled before this step could be retried")
+
+
+# The steps of a run that is not traced enter this instead of a span.
+_NO_TRACE = contextlib.nullcontext()
 
 
 async def _call_with_timeout(

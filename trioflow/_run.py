@@ -23,7 +23,7 @@ import msgspec
 import trio
 
 from . import _events as ev
-from . import _follow, _snapshot
+from . import _follow, _snapshot, _tracing
 from ._abort import AbortController, Timer, call_at
 from ._clock import wall_time
 from ._errors import (
@@ -43,6 +43,7 @@ from ._executor import (
     SuspendRun,
     execute_workflow,
 )
+from ._logs import PendingLogs
 from ._results import TERMINAL, CancelResult, RunResult, RunStatus, StepResult
 from ._schema import convert
 from ._step import Step
@@ -86,6 +87,7 @@ class Run:
         "_forked_from",
         "_in_flight",
         "_input",
+        "_logs",
         "_lost",
         "_outputs",
         "_pending_events",
@@ -102,6 +104,8 @@ class Run:
         "_suspended",
         "_timeout",
         "_timeout_error",
+        "_trace",
+        "_trace_carrier",
         "_unknown_version",
         "_waiting",
         "_watchers",
@@ -157,6 +161,11 @@ class Run:
         self._unknown_version: str | None = None
         # The step records as last encoded: (paths, results, encoded members).
         self._encoded: tuple[list[str], list[StepResult], list[bytes]] = ([], [], [])
+        # Observability (_tracing.py, _logs.py): the trace of the execution under way,
+        # the run's trace context once known, and what ctx.logger said since the last write.
+        self._trace: _tracing.Execution | None = None
+        self._trace_carrier: dict[str, str] | None = None
+        self._logs: PendingLogs | None = None
 
     def __repr__(self) -> str:
         return f"<trioflow.Run {self.run_id!r} of {self.workflow.id!r}: {self._status}>"
@@ -540,7 +549,9 @@ class Run:
         self._scope = scope = trio.CancelScope()
         if self.cancel_requested:
             scope.cancel()
-        self._status = "running"
+        previous, self._status = self._status, "running"
+        instruments = _tracing.instruments()  # None (the usual case): no tracing at all
+        trace: _tracing.Execution | None = None
         self._suspended = []
         if self._watchers.channels:
             self._watchers.emit(ev.WorkflowStart(run_id=self.run_id, workflow_id=self.workflow.id))
@@ -549,9 +560,12 @@ class Run:
         token = _current_run.set(self)
         engine = self._engine
         timer = self._start_deadline()
+        recorded = False
         try:
             with scope:
                 try:
+                    if instruments is not None:
+                        trace = self._trace = await self._open_trace(instruments, previous)
                     if engine is not None:
                         await engine._save(self, release=False)
                     task_status.started()  # 'running', and stored for a durable run
@@ -575,6 +589,7 @@ class Run:
             stopped = self.cancel_requested or self._timeout_error is not None
             try:
                 if (outcome is not None or stopped) and not self._lost:
+                    recorded = True
                     self._finish(outcome)
                     if engine is not None:
                         await engine._save(self, release=True)
@@ -586,6 +601,9 @@ class Run:
                 if engine is not None:
                     engine._drop_live(self)
                 self._done.set()
+                if trace is not None:
+                    self._trace = None
+                    trace.end(self._status, self._error, self._suspended, ended=recorded)
         if self._lost and engine is not None:
             # Another process took the run over (or ended it): its outcome is the result.
             await engine._wait_stored(self)
@@ -613,6 +631,27 @@ class Run:
         assert self._timeout is not None
         self._timeout_error = RunTimeoutError(self.run_id, self._timeout)
         self._interrupt(self._timeout_error, cancel_scope=True)
+
+    async def _open_trace(
+        self, instruments: _tracing.Instruments, previous: RunStatus
+    ) -> _tracing.Execution:
+        """The trace of this execution: the first continues the caller's trace, later
+        ones (a resume, a recovery elsewhere) the trace of the first."""
+        storage = None if self._engine is None else self._engine.storage
+        trace = await _tracing.open_execution(
+            instruments,
+            run_id=self.run_id,
+            workflow=self.workflow,
+            carrier=self._trace_carrier,
+            load=None if storage is None else partial(storage.load_trace_context, self.run_id),
+            store=None if storage is None else partial(storage.store_trace_context, self.run_id),
+        )
+        self._trace_carrier = trace.carrier
+        if self._resuming is not None:
+            trace.event("resume", **{_tracing.STEP_ID: self._resuming})
+        elif previous in ("running", "waiting"):
+            trace.event("takeover")  # recovered: its last executor stopped renewing its lease
+        return trace
 
     def _raise_fault(self) -> None:
         """Raise the failure recorded when some of the run's data could not be stored."""
@@ -752,6 +791,8 @@ class Run:
         return True
 
     def _interrupt(self, reason: object, *, cancel_scope: bool) -> None:
+        if self._trace is not None:
+            self._trace.event("cancel", **{_tracing.CANCEL_REASON: _snapshot.reason_text(reason)})
         try:
             self._controller.abort(reason)
         finally:

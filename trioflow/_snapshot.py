@@ -7,11 +7,13 @@ field types never change, unknown fields are ignored (a newer trioflow may add s
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 import msgspec
 
 from ._errors import AbortError, SnapshotError, StepFailedError, UnstorableDataError
+from ._logs import bounded
 from ._results import RunStatus, StepResult, StepStatus
 
 SNAPSHOT_VERSION = 1
@@ -21,6 +23,11 @@ class ErrorRecord(msgspec.Struct, frozen=True, kw_only=True):
     type: str
     message: str
     step_id: str | None = None
+    # The formatted traceback (its last TRACEBACK_LIMIT characters), where there was one.
+    traceback: str | None = None
+
+
+TRACEBACK_LIMIT = 8192
 
 
 class StepRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -88,11 +95,30 @@ def error_record(error: BaseException | None, step_id: str | None = None) -> Err
         return None
     message = storable_text(str(error))
     if isinstance(error, StepFailedError):
-        return ErrorRecord(type=error.type_name, message=message, step_id=error.step_id)
+        return ErrorRecord(
+            type=error.type_name,
+            message=message,
+            step_id=error.step_id,
+            traceback=error.traceback,
+        )
     step_id = getattr(error, "step_id", step_id)
     if not isinstance(step_id, str | None):
         step_id = None
-    return ErrorRecord(type=type(error).__qualname__, message=message, step_id=step_id)
+    return ErrorRecord(
+        type=type(error).__qualname__,
+        message=message,
+        step_id=step_id,
+        traceback=traceback_text(error),
+    )
+
+
+def traceback_text(error: BaseException) -> str | None:
+    """`error`'s formatted traceback, bounded (the end says most), or None for an
+    error that was never raised."""
+    if error.__traceback__ is None:
+        return None
+    text = "".join(traceback.format_exception(error))
+    return storable_text(bounded(text, TRACEBACK_LIMIT))
 
 
 _DEFAULT_ABORT_ARGS = AbortError().args
@@ -119,7 +145,9 @@ def storable_text(text: str) -> str:
 def error_from_record(record: ErrorRecord | None) -> BaseException | None:
     if record is None:
         return None
-    return StepFailedError(record.message, step_id=record.step_id, type_name=record.type)
+    return StepFailedError(
+        record.message, step_id=record.step_id, type_name=record.type, traceback=record.traceback
+    )
 
 
 def step_record(result: StepResult, step_id: str) -> StepRecord:

@@ -14,6 +14,7 @@ from . import _events as ev
 from . import _snapshot
 from ._clock import wall_time
 from ._errors import AbortError
+from ._logs import PendingLogs, StepLogger
 from ._retry import check_count, check_timeout
 
 if TYPE_CHECKING:
@@ -256,6 +257,20 @@ class StepContext(Generic[InputT]):
         if store and run._engine is not None:
             # Shielded and bounded like every snapshot write: once emitted, stored.
             await run._engine._save(run, release=False)
+
+    @property
+    def logger(self) -> StepLogger:
+        """A `logging.Logger`-like object (a `logging.LoggerAdapter` of the
+        ``trioflow.steps`` logger) whose records carry ``run_id``, ``step_id`` and
+        ``attempt`` (1 for the first). A durable run also stores its records at INFO and
+        above, the last 1000 per run: ``trioflow runs logs RUN_ID`` shows them."""
+        run = self._frame.run
+        pending = run._logs
+        if pending is None and run._engine is not None:
+            pending = run._logs = PendingLogs()
+        return StepLogger(
+            run.run_id, self._frame.prefix + self._step.id, self.retry_count + 1, pending
+        )
 
     @property
     def run_id(self) -> str:

@@ -16,6 +16,7 @@ from .._errors import SnapshotError, StorageError
 from ._common import DEFAULT_DB, EXIT_CANCELED, EXIT_FAILED, EXIT_USAGE, CliError
 from ._event_command import send_event_command
 from ._fork_commands import fork_command, retry_command
+from ._logs_command import add_logs_parser
 from ._retention_commands import delete_command, parse_age, parse_when, prune_command
 from ._run_command import run_command
 from ._runs_commands import (
@@ -133,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser(
         "runs",
-        help="List, show, cancel, resume, watch, fork, retry and delete stored runs.",
-        description="Look after the runs stored in the database.",
+        help="List, show, cancel, resume, watch, fork, retry and delete stored runs; read logs.",
+        description="Look after the runs stored in the database, and read their logs.",
         parents=[common],
         epilog=SEE_EXIT_CODES,
         formatter_class=formatter,
@@ -249,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often to read the stored run (0.1)",
     )
     watch.set_defaults(handler=watch_command)
+    add_logs_parser(actions, sub)
     add_worker_parser(commands, common, SEE_EXIT_CODES)
     add_serve_parser(commands, common, SEE_EXIT_CODES)
     add_schedule_parsers(commands, common, SEE_EXIT_CODES)

@@ -39,6 +39,7 @@ from ._common import (
     parse_json_arg,
     place,
 )
+from ._logs_command import log_line
 from ._run_command import Live, resume_hint
 from ._view import (
     STEP_WIDTH,
@@ -137,7 +138,16 @@ def _step_json(record: StepRecord) -> dict[str, Any]:
 
 
 def _error_json(error: _snapshot.ErrorRecord) -> dict[str, Any]:
-    return {"type": error.type, "message": error.message, "step_id": error.step_id}
+    return {
+        "type": error.type,
+        "message": error.message,
+        "step_id": error.step_id,
+        "traceback": error.traceback,
+    }
+
+
+# How many of a run's last log records `runs show` prints (`runs logs` prints them all).
+SHOW_LOGS = 20
 
 
 def _step_detail(path: str, record: StepRecord, snapshot: Snapshot) -> str:
@@ -160,6 +170,7 @@ async def show_command(args: argparse.Namespace) -> int:
     async with open_storage(args, read_only=True) as storage:
         row, snapshot = await _load(storage, args.run_id, db)
         queued = await storage.queue_place(args.run_id, wall_time())
+        logs = await storage.read_logs(args.run_id)
     summary = summary_from_snapshot(snapshot)
     if args.json:
         document = summary.to_json()
@@ -175,7 +186,10 @@ async def show_command(args: argparse.Namespace) -> int:
             input=snapshot.input,
             steps={path: _step_json(r) for path, r in snapshot.steps.items()},
             queue=queued,
+            logs=logs,
         )
+        if snapshot.error is not None and document.get("error") is not None:
+            document["error"] = {**document["error"], "traceback": snapshot.error.traceback}
         _print_json(document)
         return EXIT_SUCCESS
     view = TextView()
@@ -214,6 +228,23 @@ async def show_command(args: argparse.Namespace) -> int:
         started = local_time(record.started_at, date=False)
         detail = _step_detail(path, record, snapshot)
         view.line(f"{path:<{STEP_WIDTH}} {status} {started:<12}  {took:>7}  {detail}".rstrip())
+    for path, record in snapshot.steps.items():
+        if record.status == "failed" and record.error is not None and record.error.traceback:
+            view.line()
+            view.line(f"traceback of step {path!r}:")
+            for line in record.error.traceback.rstrip("\n").split("\n"):
+                view.line("    " + line)
+    if logs:
+        view.line()
+        shown = logs[-SHOW_LOGS:]
+        more = len(logs) - len(shown)
+        view.line(
+            f"logs (the last {len(shown)}; `trioflow runs logs {args.run_id}` shows all):"
+            if more
+            else "logs:"
+        )
+        for entry in shown:
+            view.line(log_line(entry))
     return EXIT_SUCCESS
 
 

@@ -6,13 +6,14 @@ are what keep one terminal transition and one executor per run across processes.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import msgspec
 import trio
 
 from .._clock import wall_time
+from .._logs import LogEntry, NewLog
 from .._queues import QueueEntry, QueueLimits, QueuePlace, QueueStats
 from .._results import RunStatus
 
@@ -375,6 +376,29 @@ class Storage(abc.ABC):
     async def queue_stats(self, now: float) -> list[QueueStats]:
         """Every queue that has runs or stored limits: waiting and executing counts."""
         raise NotImplementedError(f"{type(self).__name__} does not support named queues")
+
+    # --- observability: a run's logs and trace context, beside its row ---------------
+
+    @abc.abstractmethod
+    async def append_logs(self, run_id: str, logs: Sequence[NewLog], *, skipped: int = 0) -> None:
+        """Store log records of a run after those it has: numbered on from its last
+        stored ``seq``, leaving a gap of `skipped` (records dropped before they were
+        stored); keep the run's last `_logs.STORED_LOGS`."""
+
+    @abc.abstractmethod
+    async def read_logs(self, run_id: str, *, after: int = -1) -> list[LogEntry]:
+        """The run's stored log records with ``seq > after``, oldest first, led by a
+        marker record when some the reader has not seen were dropped
+        (`_logs.with_drop_marker`). Empty for an unknown run."""
+
+    @abc.abstractmethod
+    async def store_trace_context(self, run_id: str, carrier: dict[str, str]) -> None:
+        """Keep the W3C trace context (``traceparent``, optional ``tracestate``) of a
+        run's first traced execution; a run that has one keeps its first."""
+
+    @abc.abstractmethod
+    async def load_trace_context(self, run_id: str) -> dict[str, str] | None:
+        """The trace context kept by `store_trace_context`, or None."""
 
     async def wait_cancel_requests(self) -> None:
         """Backends that push cancel requests (`notifies_cancels`): return when one may

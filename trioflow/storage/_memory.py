@@ -3,13 +3,14 @@ one process. Nothing survives the process."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import msgspec
 import trio
 
 from .. import _snapshot
 from .._errors import RunNotFoundError
+from .._logs import STORED_LOGS, LogEntry, NewLog, with_drop_marker
 from .._queues import (
     DEFAULT_QUEUE,
     Candidate,
@@ -47,6 +48,9 @@ class MemoryStorage(Storage):
         # run id -> its queue entry, in the order enqueued (the same rules as the SQL
         # backends' trioflow_queued: see _queue_sql.claim_from_queue).
         self._queued: dict[str, _Queued] = {}
+        # run id -> its stored log records (the last STORED_LOGS), and trace contexts.
+        self._logs: dict[str, list[LogEntry]] = {}
+        self._traces: dict[str, dict[str, str]] = {}
 
     async def open(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -507,6 +511,28 @@ class MemoryStorage(Storage):
             )
             for name in names
         ]
+
+    async def append_logs(self, run_id: str, logs: Sequence[NewLog], *, skipped: int = 0) -> None:
+        await trio.lowlevel.checkpoint()
+        stored = self._logs.setdefault(run_id, [])
+        seq = (stored[-1].seq + 1 if stored else 0) + skipped
+        stored.extend(LogEntry(seq=seq + i, **log._asdict()) for i, log in enumerate(logs))
+        if len(stored) > STORED_LOGS:
+            del stored[: len(stored) - STORED_LOGS]
+
+    async def read_logs(self, run_id: str, *, after: int = -1) -> list[LogEntry]:
+        await trio.lowlevel.checkpoint()
+        entries = [entry for entry in self._logs.get(run_id, ()) if entry.seq > after]
+        return with_drop_marker(entries, after)
+
+    async def store_trace_context(self, run_id: str, carrier: dict[str, str]) -> None:
+        await trio.lowlevel.checkpoint()
+        self._traces.setdefault(run_id, dict(carrier))
+
+    async def load_trace_context(self, run_id: str) -> dict[str, str] | None:
+        await trio.lowlevel.checkpoint()
+        carrier = self._traces.get(run_id)
+        return None if carrier is None else dict(carrier)
 
 
 class _Queued:

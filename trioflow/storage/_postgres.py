@@ -41,7 +41,7 @@ import contextlib
 import logging
 import select
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -50,6 +50,7 @@ import trio
 
 from .. import _snapshot
 from .._errors import RunNotFoundError, StorageError
+from .._logs import STORED_LOGS, LogEntry, NewLog, with_drop_marker
 from .._queues import QueueEntry, QueueLimits, QueuePlace, QueueStats
 from .._results import RunStatus
 from . import _queue_sql
@@ -72,7 +73,7 @@ T = TypeVar("T")
 
 logger = logging.getLogger("trioflow")
 
-SCHEMA_VERSION = 2  # 2: workflow_version, forked_from, events, queues and schedules
+SCHEMA_VERSION = 2  # 2: versions, forks, events, queues, schedules, logs and traces
 CANCEL_CHANNEL = "trioflow_cancel"
 # Notified with the run id when an executor stops executing a run (ended or suspended).
 ENDED_CHANNEL = "trioflow_ended"
@@ -149,6 +150,21 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "INSERT INTO trioflow_queued (run_id, queue, state, enqueued_at) "
         "SELECT run_id, 'default', 'waiting', created_at FROM trioflow_runs "
         "WHERE queued AND status = 'pending' ORDER BY created_at",
+        """CREATE TABLE trioflow_logs (
+            run_id TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            time DOUBLE PRECISION NOT NULL,
+            level TEXT NOT NULL,
+            step_id TEXT,
+            attempt INTEGER,
+            message TEXT NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        )""",
+        """CREATE TABLE trioflow_traces (
+            run_id TEXT PRIMARY KEY,
+            traceparent TEXT NOT NULL,
+            tracestate TEXT
+        )""",
     ),
 }
 _NOT_ENDED = "status NOT IN ('success', 'failed', 'canceled')"
@@ -956,6 +972,81 @@ class PostgresStorage(Storage):
 
     async def queue_stats(self, now: float) -> list[QueueStats]:
         return await self._transaction(lambda q: _queue_sql.queue_stats(q, now), idempotent=True)
+
+    # --- logs and trace contexts ----------------------------------------------------------
+
+    async def append_logs(self, run_id: str, logs: Sequence[NewLog], *, skipped: int = 0) -> None:
+        def work(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                # One writer per run at a time (a run's executor, and one that lost its
+                # lease but does not know yet), so that two never take the same numbers.
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))", ("trioflow_logs:" + run_id,)
+                )
+                found = conn.execute(
+                    "SELECT MAX(seq) FROM trioflow_logs WHERE run_id = %s", (run_id,)
+                ).fetchone()
+                last = None if found is None else found[0]
+                first = (-1 if last is None else last) + 1 + skipped
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO trioflow_logs (run_id, seq, time, level, step_id, "
+                        "attempt, message) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                        [
+                            (
+                                run_id,
+                                first + i,
+                                log.time,
+                                log.level,
+                                log.step_id,
+                                log.attempt,
+                                log.message,
+                            )
+                            for i, log in enumerate(logs)
+                        ],
+                    )
+                conn.execute(
+                    "DELETE FROM trioflow_logs WHERE run_id = %s AND seq <= %s",
+                    (run_id, first + len(logs) - 1 - STORED_LOGS),
+                )
+
+        await self._call(work)
+
+    async def read_logs(self, run_id: str, *, after: int = -1) -> list[LogEntry]:
+        def work(conn: psycopg.Connection[Any]) -> list[LogEntry]:
+            rows = conn.execute(
+                "SELECT seq, time, level, message, step_id, attempt FROM trioflow_logs "
+                "WHERE run_id = %s AND seq > %s ORDER BY seq",
+                (run_id, after),
+            ).fetchall()
+            return [
+                LogEntry(seq=r[0], time=r[1], level=r[2], message=r[3], step_id=r[4], attempt=r[5])
+                for r in rows
+            ]
+
+        return with_drop_marker(await self._call(work, idempotent=True), after)
+
+    async def store_trace_context(self, run_id: str, carrier: dict[str, str]) -> None:
+        def work(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(
+                "INSERT INTO trioflow_traces (run_id, traceparent, tracestate) "
+                "VALUES (%s, %s, %s) ON CONFLICT (run_id) DO NOTHING",
+                (run_id, carrier["traceparent"], carrier.get("tracestate")),
+            )
+
+        await self._call(work, idempotent=True)
+
+    async def load_trace_context(self, run_id: str) -> dict[str, str] | None:
+        def work(conn: psycopg.Connection[Any]) -> dict[str, str] | None:
+            row = conn.execute(
+                "SELECT traceparent, tracestate FROM trioflow_traces WHERE run_id = %s",
+                (run_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            return {"traceparent": row[0], **({"tracestate": row[1]} if row[1] else {})}
+
+        return await self._call(work, idempotent=True)
 
     # --- notifications --------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 from urllib.request import pathname2url
 
@@ -23,6 +23,7 @@ import trio
 
 from .. import _snapshot
 from .._errors import RunNotFoundError, StorageError
+from .._logs import STORED_LOGS, LogEntry, NewLog, with_drop_marker
 from .._queues import QueueEntry, QueueLimits, QueuePlace, QueueStats
 from .._realtime import run_io
 from .._results import RunStatus
@@ -115,6 +116,25 @@ _QUEUE_OLD_RUNS = """
 INSERT INTO trioflow_queued (run_id, queue, state, enqueued_at)
 SELECT run_id, 'default', 'waiting', created_at FROM trioflow_runs
 WHERE queued = 1 AND status = 'pending' ORDER BY created_at
+"""
+# Beside the runs: each run's log records and the trace context of its first execution.
+# New tables only, created when missing, which an older trioflow ignores: no version bump.
+_OBSERVABILITY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS trioflow_logs (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    time REAL NOT NULL,
+    level TEXT NOT NULL,
+    step_id TEXT,
+    attempt INTEGER,
+    message TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trioflow_traces (
+    run_id TEXT PRIMARY KEY,
+    traceparent TEXT NOT NULL,
+    tracestate TEXT
+);
 """
 _NOT_ENDED = "status NOT IN ('success', 'failed', 'canceled')"
 
@@ -209,7 +229,7 @@ class SQLiteStorage(Storage):
                 if 1 <= version <= 2:  # runs stored before versions keep NULL
                     conn.execute("ALTER TABLE trioflow_runs ADD COLUMN workflow_version TEXT")
                     conn.execute("ALTER TABLE trioflow_runs ADD COLUMN forked_from TEXT")
-                for statement in _SCHEMA.split(";"):
+                for statement in (_SCHEMA + _OBSERVABILITY_SCHEMA).split(";"):
                     if statement.strip():
                         conn.execute(statement)
                 if version in (1, 2):
@@ -741,6 +761,63 @@ class SQLiteStorage(Storage):
 
     async def queue_stats(self, now: float) -> list[QueueStats]:
         return await self._read(lambda q: _queue_sql.queue_stats(q, now))
+
+    async def append_logs(self, run_id: str, logs: Sequence[NewLog], *, skipped: int = 0) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")  # errors roll back in _call
+            (last,) = conn.execute(
+                "SELECT MAX(seq) FROM trioflow_logs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            first = (-1 if last is None else last) + 1 + skipped
+            conn.executemany(
+                "INSERT INTO trioflow_logs (run_id, seq, time, level, step_id, attempt, "
+                "message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (run_id, first + i, log.time, log.level, log.step_id, log.attempt, log.message)
+                    for i, log in enumerate(logs)
+                ],
+            )
+            conn.execute(
+                "DELETE FROM trioflow_logs WHERE run_id = ? AND seq <= ?",
+                (run_id, first + len(logs) - 1 - STORED_LOGS),
+            )
+            conn.execute("COMMIT")
+
+        await self._call(work)
+
+    async def read_logs(self, run_id: str, *, after: int = -1) -> list[LogEntry]:
+        def work(conn: sqlite3.Connection) -> list[LogEntry]:
+            rows = conn.execute(
+                "SELECT seq, time, level, message, step_id, attempt FROM trioflow_logs "
+                "WHERE run_id = ? AND seq > ? ORDER BY seq",
+                (run_id, after),
+            ).fetchall()
+            return [
+                LogEntry(seq=r[0], time=r[1], level=r[2], message=r[3], step_id=r[4], attempt=r[5])
+                for r in rows
+            ]
+
+        return with_drop_marker(await self._call(work), after)
+
+    async def store_trace_context(self, run_id: str, carrier: dict[str, str]) -> None:
+        await self._call(
+            lambda conn: conn.execute(
+                "INSERT OR IGNORE INTO trioflow_traces (run_id, traceparent, tracestate) "
+                "VALUES (?, ?, ?)",
+                (run_id, carrier["traceparent"], carrier.get("tracestate")),
+            )
+        )
+
+    async def load_trace_context(self, run_id: str) -> dict[str, str] | None:
+        def work(conn: sqlite3.Connection) -> dict[str, str] | None:
+            row = conn.execute(
+                "SELECT traceparent, tracestate FROM trioflow_traces WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            return {"traceparent": row[0], **({"tracestate": row[1]} if row[1] else {})}
+
+        return await self._call(work)
 
 
 def _query(conn: sqlite3.Connection) -> _queue_sql.Query:
