@@ -292,3 +292,15 @@ def test_fork_a_finished_run_from_a_step(page: Page, server: str) -> None:
     forked_id = page.locator("#run-id").text_content()
     listed = api(server, "GET", "/api/runs?workflow=quick")["runs"]
     assert {r["run_id"]: r["forked_from"] for r in listed}[forked_id] == run["run_id"]
+
+
+def test_a_failed_run_page_shows_the_traceback_and_the_logs(page: Page, server: str) -> None:
+    run = api(server, "POST", "/api/workflows/broken/runs", {})
+    page.goto(f"{server}/#/runs/{run['run_id']}")
+    expect(page.locator("#run-status")).to_have_text("failed", timeout=10_000)
+    step = page.locator('tr[data-step="explode"]')
+    step.locator("details.traceback summary").click()
+    expect(step.locator("details.traceback pre")).to_contain_text(
+        "RuntimeError: the step broke on purpose"
+    )
+    expect(page.locator("#logs pre.logs")).to_contain_text("explode#1  a part is missing")

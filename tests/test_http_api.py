@@ -631,3 +631,18 @@ async def test_list_runs_by_when_they_were_created(
     assert page["runs"] == []
     message = _error(await client.get("/api/runs", params={"since": "soon"}), 400, "InvalidQuery")
     assert "since must be an ISO 8601 date or datetime" in message
+
+
+async def test_a_run_shows_its_failed_steps_traceback_and_its_logs(
+    client: httpx.AsyncClient, engine: trioflow.Engine
+) -> None:
+    started = await _start(client, "broken")
+    assert (await _ended(engine, started["run_id"])).status == "failed"
+    detail = (await client.get(f"/api/runs/{started['run_id']}")).json()
+    [step] = detail["steps"]
+    assert "RuntimeError: the step broke on purpose" in step["traceback"]
+    assert "in explode" in step["traceback"]
+    assert [(log["level"], log["message"], log["step_id"]) for log in detail["logs"]] == [
+        ("INFO", "checking the parts", "explode"),
+        ("WARNING", "a part is missing", "explode"),
+    ]

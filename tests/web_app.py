@@ -73,6 +73,8 @@ async def tokens(ctx: trioflow.StepContext[object]) -> str:
 
 @trioflow.step(id="explode")
 async def explode(ctx: trioflow.StepContext[object]) -> None:
+    ctx.logger.info("checking the parts")
+    ctx.logger.warning("a part is missing")
     raise RuntimeError("the step broke on purpose")
 
 

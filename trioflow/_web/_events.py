@@ -53,6 +53,16 @@ async def cancel_reason(engine: Engine, run: Run) -> str | None:
     return _snapshot.decode(run.run_id, row.snapshot).cancel_reason
 
 
+# How many of a run's last log records its page shows (`trioflow runs logs` has them all).
+LOGS_SHOWN = 100
+
+
+def traceback_text(error: BaseException) -> str | None:
+    """The traceback kept for a step's error: its own, or the one stored with it."""
+    stored = getattr(error, "traceback", None)  # StepFailedError, read back from storage
+    return stored if isinstance(stored, str) else _snapshot.traceback_text(error)
+
+
 async def run_detail(engine: Engine, run: Run) -> RunDetail:
     result = run.result_nowait()
     reason = await cancel_reason(engine, run)
@@ -73,6 +83,7 @@ async def run_detail(engine: Engine, run: Run) -> RunDetail:
                 input=step.payload,
                 output=step.output,
                 error=None if step.error is None else error_text(step.error),
+                traceback=None if step.error is None else traceback_text(step.error),
                 suspend_payload=step.suspend_payload,
                 resume_payload=step.resume_payload,
                 started_at=step.started_at,
@@ -80,6 +91,7 @@ async def run_detail(engine: Engine, run: Run) -> RunDetail:
             )
             for path, step in result.steps.items()
         ],
+        logs=(await engine.storage.read_logs(run.run_id))[-LOGS_SHOWN:],
     )
 
 

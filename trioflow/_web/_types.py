@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from .._logs import LogEntry
 from .._results import RunStatus, StepStatus
 from ..storage import RunSummary
 
@@ -75,6 +76,8 @@ class StepView(msgspec.Struct, kw_only=True):
     input: Any = None
     output: Any = None
     error: str | None = None
+    #: the failed step's formatted traceback (its end), where there was one
+    traceback: str | None = None
     suspend_payload: Any = None
     resume_payload: Any = None
     started_at: float | None = None
@@ -95,6 +98,8 @@ class RunDetail(msgspec.Struct, kw_only=True):
     error: str | None = None
     suspended: list[str] = []
     steps: list[StepView] = []
+    #: the run's last stored log records (``ctx.logger``, INFO and above), oldest first
+    logs: list[LogEntry] = []
 
 
 class RunPage(msgspec.Struct, kw_only=True):

@@ -169,7 +169,8 @@ async function runPage(runId) {
   const graph = el("section", { class: "card", id: "graph" });
   const timeline = el("section", { class: "card", id: "timeline" });
   const outputs = el("section", { class: "card", id: "outputs", hidden: "" });
-  view.replaceChildren(el("p", {}, el("a", { href: "#/" }, "← all runs")), header, actions, graph, outputs, timeline);
+  const logs = el("section", { class: "card", id: "logs" });
+  view.replaceChildren(el("p", {}, el("a", { href: "#/" }, "← all runs")), header, actions, graph, outputs, timeline, logs);
   const written = new Map(); // step path -> what it wrote with ctx.write, as seen live
   let shownActions = "";
 
@@ -184,6 +185,7 @@ async function runPage(runId) {
     }
     renderGraph(graph, run, info);
     renderTimeline(timeline, run);
+    renderLogs(logs, run);
   };
   render(await get(`/api/runs/${encodeURIComponent(runId)}`));
   // Live: the run's event stream; it ends with the run, or is resumed if it drops.
@@ -336,6 +338,15 @@ function renderGraph(graph, run, info) {
   graph.replaceChildren(el("h2", {}, "Graph"), el("ol", { class: "graph" }, nodes));
 }
 
+function renderLogs(logs, run) {
+  // What the steps logged with ctx.logger (INFO and above), as stored with the run.
+  logs.replaceChildren(el("h2", {}, "Logs"),
+    run.logs.length
+      ? el("pre", { class: "logs" }, run.logs.map((log) =>
+          `${time(log.time)} ${log.level.padEnd(7)} ${log.step_id ?? "-"}${log.attempt ? "#" + log.attempt : ""}  ${log.message}\n`).join(""))
+      : el("p", { class: "note" }, "No log records: steps log with ctx.logger."));
+}
+
 function renderTimeline(timeline, run) {
   const starts = run.steps.map((s) => s.started_at).filter((t) => t != null);
   const first = Math.min(...starts);
@@ -356,7 +367,8 @@ function renderTimeline(timeline, run) {
         el("h4", {}, "output"), el("pre", {}, json(step.output) || "–"),
         step.suspend_payload !== null ? [el("h4", {}, "suspended with"), el("pre", {}, json(step.suspend_payload))] : null,
         step.resume_payload !== null ? [el("h4", {}, "resumed with"), el("pre", {}, json(step.resume_payload))] : null),
-        step.error ? el("pre", { class: "error" }, step.error) : null));
+        step.error ? el("pre", { class: "error" }, step.error) : null,
+        step.traceback ? el("details", { class: "traceback" }, el("summary", {}, "traceback"), el("pre", { class: "error" }, step.traceback)) : null));
   });
   timeline.replaceChildren(el("h2", {}, "Timeline"),
     rows.length
