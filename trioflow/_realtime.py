@@ -24,18 +24,26 @@ Outside a MockClock both are plain ``trio.to_thread.run_sync`` calls.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
-import trio.testing
+
+if TYPE_CHECKING:
+    import trio.testing
 
 T = TypeVar("T")
 
 
 def _mock_clock() -> trio.testing.MockClock | None:
+    # trio.testing is not imported here: it pulls in pytest (a tenth of a second at
+    # every start of the CLI). A program that made a MockClock has imported it.
+    testing = sys.modules.get("trio.testing")
+    if testing is None:
+        return None
     clock = trio.lowlevel.current_clock()
-    return clock if isinstance(clock, trio.testing.MockClock) else None
+    return clock if isinstance(clock, testing.MockClock) else None
 
 
 async def run_io(fn: Callable[[], T], *, limiter: trio.CapacityLimiter) -> T:
