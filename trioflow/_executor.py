@@ -381,7 +381,7 @@ async def call_step(
         if trace is not None:
             trace.event("retry", **{STEP_ID: path, ATTEMPT: attempt + 1, "trioflow.delay": delay})
         if delay > 0:
-            run._enter_waiting()  # a back-off is a wait (SPEC §3.5): the run is 'waiting'
+            run._enter_waiting()  # a back-off is a wait: the run is 'waiting'
             try:
                 # A cancel ends the back-off at once, even one with a grace period.
                 with trio.move_on_after(delay):

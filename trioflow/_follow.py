@@ -6,7 +6,7 @@ so its watch reads the stored run every ``poll_interval`` of Trio's clock and tu
 changed into the same events, into the same bounded buffer (`_events.Watcher`):
 
 - first, every output event still stored (steps created with
-  ``store_output_events=True``): the replay SPEC §11 asks for;
+  ``store_output_events=True``): what another process's watcher replays;
 - then step transitions as they are stored (a step is stored when it ends, or when it
   begins to wait, so its start is shown with its first stored output or its end), the
   new stored outputs between a step's start and its end, and ``workflow-finish`` (after

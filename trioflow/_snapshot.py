@@ -304,7 +304,7 @@ def first_to_retry(snapshot: Snapshot) -> str:
 
 def cancel_idle(snapshot: Snapshot, reason: str | None, now: float) -> Snapshot:
     """A run that no process executes, canceled: its unfinished steps become
-    ``'canceled'`` (SPEC §3 point 5). Pure: used inside a storage transaction."""
+    ``'canceled'`` (as a cancel of an idle run does). Pure: used inside a storage transaction."""
     steps = {
         path: msgspec.structs.replace(record, status="canceled", ended_at=now)
         if record.status in ("running", "waiting", "suspended")
