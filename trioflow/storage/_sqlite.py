@@ -186,10 +186,14 @@ class SQLiteStorage(Storage):
         def work() -> T:
             try:
                 return fn(conn)
-            except sqlite3.Error as exc:
+            except BaseException as exc:
+                # Whatever went wrong (an SQL error, a run not found, a value that would
+                # not encode), the next call must not find this transaction still open.
                 if conn.in_transaction:
                     conn.rollback()
-                raise _storage_error(self.path, exc) from exc
+                if isinstance(exc, sqlite3.Error):
+                    raise _storage_error(self.path, exc) from exc
+                raise
 
         return await run_io(work, limiter=self._limiter)
 
