@@ -17,6 +17,7 @@ from pg_server import StorageFactory
 
 import trioflow
 from trioflow import _clock
+from trioflow._logs import NewLog
 
 DAY = dt.timedelta(days=1)
 
@@ -84,6 +85,24 @@ async def test_prune_runs_removes_finished_runs_older_than_the_age(
             await engine.prune_runs(30)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="must not be negative"):
             await engine.prune_runs(-DAY)
+
+
+async def test_removing_a_run_removes_its_logs_and_trace_context(
+    storage_factory: StorageFactory,
+) -> None:
+    storage = storage_factory()
+    async with trioflow.open_engine(storage=storage, workflows=[WORKFLOW]) as engine:
+        deleted, pruned = await finished(engine, "ok", "fail")
+        for run_id in (deleted, pruned):
+            await storage.append_logs(run_id, [NewLog(1.0, "info", "hello", "work", 1)])
+            await storage.store_trace_context(
+                run_id, {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
+            )
+        await engine.delete_run(deleted)
+        assert await engine.prune_runs(dt.timedelta(0)) == 1
+        for run_id in (deleted, pruned):
+            assert await storage.read_logs(run_id) == []
+            assert await storage.load_trace_context(run_id) is None
 
 
 async def test_retention_prunes_in_the_background(trioflow_clock: Any) -> None:

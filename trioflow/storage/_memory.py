@@ -263,10 +263,15 @@ class MemoryStorage(Storage):
         await trio.lowlevel.checkpoint()
         row = self._get(run_id)
         if row.status in TERMINAL_STATUSES:
-            del self._rows[run_id]
-            self._queued.pop(run_id, None)
+            self._forget(run_id)
             self._version += 1
         return row.status
+
+    def _forget(self, run_id: str) -> None:
+        """Drop an ended run with what is kept beside it: its queue entry, logs, trace."""
+        del self._rows[run_id]
+        for beside in (self._queued, self._logs, self._traces):
+            beside.pop(run_id, None)
 
     async def prune(self, ended_before: float, statuses: tuple[str, ...]) -> int:
         await trio.lowlevel.checkpoint()
@@ -278,8 +283,7 @@ class MemoryStorage(Storage):
             and row.updated_at < ended_before
         ]
         for run_id in doomed:
-            del self._rows[run_id]
-            self._queued.pop(run_id, None)
+            self._forget(run_id)
         self._version += 1
         return len(doomed)
 

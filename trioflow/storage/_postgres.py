@@ -53,7 +53,7 @@ from .._errors import RunNotFoundError, StorageError
 from .._logs import STORED_LOGS, LogEntry, NewLog, with_drop_marker
 from .._queues import QueueEntry, QueueLimits, QueuePlace, QueueStats
 from .._results import RunStatus
-from . import _queue_sql
+from . import _queue_sql, _run_sql
 from ._base import (
     SQL_COLUMNS,
     TERMINAL_STATUSES,
@@ -723,58 +723,18 @@ class PostgresStorage(Storage):
     async def events_for(
         self, *, owner: str | None = None, run_id: str | None = None
     ) -> list[StoredEvent]:
-        def work(conn: psycopg.Connection[Any]) -> list[StoredEvent]:
-            rows = conn.execute(
-                "SELECT e.run_id, e.seq, e.name, e.data FROM trioflow_events e "
-                "JOIN trioflow_runs r ON r.run_id = e.run_id "
-                "WHERE (%s::text IS NULL OR r.owner = %s) AND (%s::text IS NULL OR e.run_id = %s) "
-                f"AND r.{_NOT_ENDED} ORDER BY e.seq",
-                (owner, owner, run_id, run_id),
-            ).fetchall()
-            return [StoredEvent(r[0], r[1], r[2], bytes(r[3])) for r in rows]
-
-        return await self._call(work, idempotent=True)
+        return await self._transaction(
+            lambda q: _run_sql.events_for(q, owner, run_id), idempotent=True
+        )
 
     async def delete(self, run_id: str) -> RunStatus:
-        def work(conn: psycopg.Connection[Any]) -> RunStatus:
-            found = conn.execute(
-                "DELETE FROM trioflow_runs WHERE run_id = %s AND status IN "
-                "('success', 'failed', 'canceled') RETURNING status",
-                (run_id,),
-            ).fetchone()
-            if found is not None:  # and what hangs on it: its events, its queue entry
-                conn.execute("DELETE FROM trioflow_events WHERE run_id = %s", (run_id,))
-                conn.execute("DELETE FROM trioflow_queued WHERE run_id = %s", (run_id,))
-            if found is None:
-                found = conn.execute(
-                    "SELECT status FROM trioflow_runs WHERE run_id = %s", (run_id,)
-                ).fetchone()
-                if found is None:
-                    raise RunNotFoundError(run_id)
-            return found[0]  # type: ignore[no-any-return]
-
         # Deleting twice is deleting once: safe to run again on a new connection.
-        return await self._call(work, idempotent=True)
+        return await self._transaction(lambda q: _run_sql.delete(q, run_id), idempotent=True)
 
     async def prune(self, ended_before: float, statuses: tuple[str, ...]) -> int:
-        statuses = tuple(s for s in statuses if s in TERMINAL_STATUSES)
-        if not statuses:
-            await trio.lowlevel.checkpoint()
-            return 0
-
-        def work(conn: psycopg.Connection[Any]) -> int:
-            cursor = conn.execute(
-                "DELETE FROM trioflow_runs WHERE status = ANY(%s) AND updated_at < %s",
-                (list(statuses), ended_before),
-            )
-            for table in ("trioflow_events", "trioflow_queued"):
-                conn.execute(
-                    f"DELETE FROM {table} e WHERE NOT EXISTS "
-                    "(SELECT 1 FROM trioflow_runs r WHERE r.run_id = e.run_id)"
-                )
-            return cursor.rowcount
-
-        return await self._call(work, idempotent=True)
+        return await self._transaction(
+            lambda q: _run_sql.prune(q, ended_before, statuses), idempotent=True
+        )
 
     async def data_version(self) -> int:
         # The next transaction id: it moves whenever any transaction writes. The engine

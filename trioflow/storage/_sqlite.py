@@ -27,7 +27,7 @@ from .._logs import STORED_LOGS, LogEntry, NewLog, with_drop_marker
 from .._queues import QueueEntry, QueueLimits, QueuePlace, QueueStats
 from .._realtime import run_io
 from .._results import RunStatus
-from . import _queue_sql
+from . import _queue_sql, _run_sql
 from ._base import (
     SQL_COLUMNS,
     TERMINAL_STATUSES,
@@ -553,57 +553,13 @@ class SQLiteStorage(Storage):
     async def events_for(
         self, *, owner: str | None = None, run_id: str | None = None
     ) -> list[StoredEvent]:
-        def work(conn: sqlite3.Connection) -> list[StoredEvent]:
-            rows = conn.execute(
-                "SELECT e.run_id, e.seq, e.name, e.data FROM trioflow_events e "
-                "JOIN trioflow_runs r ON r.run_id = e.run_id "
-                f"WHERE (? IS NULL OR r.owner = ?) AND (? IS NULL OR e.run_id = ?) "
-                f"AND r.{_NOT_ENDED} ORDER BY e.seq",
-                (owner, owner, run_id, run_id),
-            ).fetchall()
-            return [StoredEvent(r[0], r[1], r[2], bytes(r[3])) for r in rows]
-
-        return await self._call(work)
+        return await self._read(lambda q: _run_sql.events_for(q, owner, run_id))
 
     async def delete(self, run_id: str) -> RunStatus:
-        def work(conn: sqlite3.Connection) -> RunStatus:
-            found = conn.execute(
-                "DELETE FROM trioflow_runs WHERE run_id = ? AND status IN "
-                "('success', 'failed', 'canceled') RETURNING status",
-                (run_id,),
-            ).fetchone()
-            if found is not None:  # and what hangs on it: its events, its queue entry
-                conn.execute("DELETE FROM trioflow_events WHERE run_id = ?", (run_id,))
-                conn.execute("DELETE FROM trioflow_queued WHERE run_id = ?", (run_id,))
-            if found is None:
-                found = conn.execute(
-                    "SELECT status FROM trioflow_runs WHERE run_id = ?", (run_id,)
-                ).fetchone()
-                if found is None:
-                    raise RunNotFoundError(run_id)
-            return found[0]  # type: ignore[no-any-return]
-
-        return await self._call(work)
+        return await self._write(lambda q: _run_sql.delete(q, run_id))
 
     async def prune(self, ended_before: float, statuses: tuple[str, ...]) -> int:
-        statuses = tuple(s for s in statuses if s in TERMINAL_STATUSES)
-        if not statuses:
-            await trio.lowlevel.checkpoint()
-            return 0
-        marks = ", ".join("?" * len(statuses))
-
-        def work(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                f"DELETE FROM trioflow_runs WHERE status IN ({marks}) AND updated_at < ?",
-                (*statuses, ended_before),
-            )
-            for table in ("trioflow_events", "trioflow_queued"):
-                conn.execute(
-                    f"DELETE FROM {table} WHERE run_id NOT IN (SELECT run_id FROM trioflow_runs)"
-                )
-            return cursor.rowcount
-
-        return await self._call(work)
+        return await self._write(lambda q: _run_sql.prune(q, ended_before, statuses))
 
     async def data_version(self) -> int:
         return await self._call(lambda conn: conn.execute("PRAGMA data_version").fetchone()[0])
