@@ -647,6 +647,23 @@ async def test_a_corrupt_snapshot_row_names_the_run(tmp_path: Path, kind: str) -
     assert not marker.exists()
 
 
+async def test_cancelling_a_corrupt_run_leaves_the_database_usable(tmp_path: Path) -> None:
+    # The snapshot is read inside the write transaction; its error must roll that back,
+    # or every later call finds a transaction still open.
+    path = tmp_path / "runs.db"
+    wf = typed_workflow([])
+    await finished_runs(path, wf, "bad", "good")
+    write_snapshot(path, "bad", b"\x00not json", status="suspended", owner=None)
+    async with trioflow.open_engine(storage=trioflow.SQLiteStorage(path), workflows=[wf]) as eng:
+        with pytest.raises(trioflow.SnapshotError, match="cannot read the snapshot of run 'bad'"):
+            await eng.storage.request_cancel("bad", "stop", 0.0)
+        with pytest.raises(trioflow.RunNotFoundError):
+            await eng.storage.request_cancel("missing", "stop", 0.0)
+        assert await eng.storage.request_cancel("good", "stop", 0.0) == "success"
+        assert sorted(s.run_id for s in await eng.list_runs()) == ["bad", "good"]
+    assert read_snapshot(path, "bad") == b"\x00not json"
+
+
 async def test_a_corrupt_running_row_does_not_stop_recovery(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

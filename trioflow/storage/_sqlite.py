@@ -490,7 +490,6 @@ class SQLiteStorage(Storage):
                 (run_id,),
             ).fetchone()
             if values is None:
-                conn.rollback()
                 raise RunNotFoundError(run_id)
             status, data, owner, lease_until = values
             if status in TERMINAL_STATUSES:
@@ -504,11 +503,7 @@ class SQLiteStorage(Storage):
                 )
                 conn.execute("COMMIT")
                 return status  # type: ignore[no-any-return]
-            try:
-                snapshot = _snapshot.cancel_idle(_snapshot.decode(run_id, data), reason, now)
-            except BaseException:
-                conn.rollback()
-                raise
+            snapshot = _snapshot.cancel_idle(_snapshot.decode(run_id, data), reason, now)
             conn.execute(
                 "UPDATE trioflow_runs SET status = 'canceled', snapshot = ?, cancel_requested = 1,"
                 " cancel_reason = ?, owner = NULL, lease_until = NULL, updated_at = ? "
@@ -537,7 +532,6 @@ class SQLiteStorage(Storage):
                 "SELECT status FROM trioflow_runs WHERE run_id = ?", (run_id,)
             ).fetchone()
             if found is None:
-                conn.rollback()
                 raise RunNotFoundError(run_id)
             if found[0] not in TERMINAL_STATUSES:
                 conn.execute(
