@@ -1,7 +1,7 @@
 """The workflow and queues of the multi-process queue tests and benchmark, and a worker
 process for them.
 
-``python tests/queue_app.py --storage URL [--workers N] [--lease S] [--queue NAME ...]``
+``python tests/queue_app.py --storage URL [--workers N] [--lease S] [--queue NAME ...] [--go PATH]``
 opens an engine with ``workers=N`` on the storage `URL` names (a PostgreSQL DSN or
 ``sqlite:PATH``) until SIGINT/SIGTERM, after printing ``ready <owner id> <pid>``.
 
@@ -128,11 +128,16 @@ def main() -> None:
     parser.add_argument("--lease", type=float, default=10.0)
     parser.add_argument("--poll", type=float, default=0.02)
     parser.add_argument("--queue", action="append", help="serve only these queues")
+    parser.add_argument("--go", help="print 'waiting', then wait until this file exists")
     args = parser.parse_args()
     if os.environ.get("QUEUE_APP_SIDE"):
         with sqlite3.connect(os.environ["QUEUE_APP_SIDE"], timeout=30) as conn:
             conn.execute(SIDE_SCHEMA)
         conn.close()
+    if args.go:  # lets a test start its processes together, once all have booted
+        print("waiting", flush=True)
+        while not os.path.exists(args.go):
+            time.sleep(0.01)
     try:
         trio.run(_serve, args)
     except SystemExit:

@@ -46,11 +46,15 @@ class Proc:
     def pid(self) -> int:
         return self.proc.pid
 
-    async def ready(self) -> None:
+    async def said(self, start: str) -> str:
         assert self.proc.stdout is not None
         with trio.fail_after(30):
             line = await trio.to_thread.run_sync(self.proc.stdout.readline, abandon_on_cancel=True)
-        assert line.startswith("ready "), f"engine said {line!r} (exit {self.proc.poll()})"
+        assert line.startswith(start), f"engine said {line!r} (exit {self.proc.poll()})"
+        return line
+
+    async def ready(self) -> None:
+        line = await self.said("ready ")
         self.owner = line.split()[1]
 
     def kill(self) -> float:
@@ -217,7 +221,12 @@ async def test_two_engine_processes_on_one_sqlite_file_keep_the_limits(
                 for i, p in enumerate([0, 3, 1, 3])
             ]
             limited, rated = await _enqueue_load(engine)
-            procs = [Proc(factory.url, side, workers=4) for _ in range(2)]
+            # Both take runs only if neither starts while the other still boots.
+            go = tmp_path / "go"
+            procs = [Proc(factory.url, side, workers=4, go=go) for _ in range(2)]
+            for proc in procs:
+                await proc.said("waiting")
+            go.touch()
             for proc in procs:
                 await proc.ready()
             statuses = await _wait_all_ended(engine, serial + limited + rated)
