@@ -74,6 +74,19 @@ class Proc:
             self.proc.stdout.close()
 
 
+async def start_together(procs: list[Proc], n: int, url: str, side: Path, **options: Any) -> None:
+    """Start `n` engine processes into `procs`; their engines open only once all have
+    booted, since one that started while another still boots could take all the work
+    (and the tests check that each process took some)."""
+    go = side.with_name("go")
+    procs += [Proc(url, side, go=go, **options) for _ in range(n)]
+    for proc in procs:
+        await proc.said("waiting")
+    go.touch()
+    for proc in procs:
+        await proc.ready()
+
+
 def _side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The side table's file. This process's engine records there too: it may recover
     a run of a killed worker and execute it here."""
@@ -145,9 +158,7 @@ async def test_four_workers_on_postgres_keep_the_limits_with_one_killed_midway(
             storage=factory(), workflows=[work], queues=QUEUES, lease_seconds=2.0
         ) as engine:
             limited, rated = await _enqueue_load(engine)
-            procs = [Proc(factory.url, side, workers=4, lease=1.0) for _ in range(4)]
-            for proc in procs:
-                await proc.ready()
+            await start_together(procs, 4, factory.url, side, workers=4, lease=1.0)
             victim = procs[0]
             # Kill the victim while it executes a run of the limited queue.
             with trio.fail_after(60):
@@ -221,14 +232,7 @@ async def test_two_engine_processes_on_one_sqlite_file_keep_the_limits(
                 for i, p in enumerate([0, 3, 1, 3])
             ]
             limited, rated = await _enqueue_load(engine)
-            # Both take runs only if neither starts while the other still boots.
-            go = tmp_path / "go"
-            procs = [Proc(factory.url, side, workers=4, go=go) for _ in range(2)]
-            for proc in procs:
-                await proc.said("waiting")
-            go.touch()
-            for proc in procs:
-                await proc.ready()
+            await start_together(procs, 2, factory.url, side, workers=4)
             statuses = await _wait_all_ended(engine, serial + limited + rated)
         assert statuses == ["success"] * len(statuses)
         _check_limits(side, factory, {})
