@@ -162,7 +162,8 @@ def make_workflows(
 
 
 class KillingStorage(trioflow.SQLiteStorage):
-    """SQLiteStorage that kills its process after or during its N-th snapshot write."""
+    """SQLiteStorage that kills its process after or during its N-th write (a run's
+    start, the write before each next step, the final write)."""
 
     def __init__(self, path: str, kill: str | None) -> None:
         super().__init__(path)
@@ -171,7 +172,15 @@ class KillingStorage(trioflow.SQLiteStorage):
         self.kill_at = int(nth) if kind in ("after-save", "in-save") else 0
         self.saves = 0
 
-    async def save(self, *args: Any, **kwargs: Any) -> bool:
+    async def save_many(self, *args: Any, **kwargs: Any) -> list[bool]:
+        return await self._write(super().save_many, *args, **kwargs)  # type: ignore[no-any-return]
+
+    async def claim(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("start") is None:
+            return await super().claim(*args, **kwargs)
+        return await self._write(super().claim, *args, **kwargs)  # a run's start: a write
+
+    async def _write(self, write: Any, *args: Any, **kwargs: Any) -> Any:
         self.saves += 1
         if self.kind == "in-save" and self.saves == self.kill_at:
             assert self._conn is not None
@@ -185,7 +194,7 @@ class KillingStorage(trioflow.SQLiteStorage):
                 return 0
 
             self._conn.set_progress_handler(progress, 1)
-        saved = await super().save(*args, **kwargs)
+        saved = await write(*args, **kwargs)
         if self.kind == "after-save" and self.saves == self.kill_at:
             die()
         return saved

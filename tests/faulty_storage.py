@@ -3,11 +3,11 @@ test arranged to fail with `StorageError` (by method, optionally only for some c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trioflow
-from trioflow.storage import Storage
+from trioflow.storage import Storage, Write
 
 Match = Callable[..., bool]
 
@@ -30,6 +30,10 @@ class FaultyStorage(Storage):
         self.faults.clear()
 
     async def _pass(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self._check(method, *args, **kwargs)
+        return await getattr(self.inner, method)(*args, **kwargs)
+
+    def _check(self, method: str, *args: Any, **kwargs: Any) -> None:
         rules = self.faults.get(method, [])
         for i, (times, when) in enumerate(rules):
             if when(*args, **kwargs):
@@ -39,7 +43,6 @@ class FaultyStorage(Storage):
                         del rules[i]
                 self.failed.append((method, args))
                 raise trioflow.StorageError(f"injected fault in {method}")
-        return await getattr(self.inner, method)(*args, **kwargs)
 
     async def open(self) -> None:
         await self.inner.open()
@@ -53,8 +56,12 @@ class FaultyStorage(Storage):
     async def load(self, *args: Any, **kwargs: Any) -> Any:
         return await self._pass("load", *args, **kwargs)
 
-    async def save(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._pass("save", *args, **kwargs)
+    async def save_many(self, writes: Sequence[Write], owner: str, now: float) -> list[bool]:
+        # A batch fails whole: the rules of "save" see each write of it as
+        # ``(run_id, status, owner, now, release=...)``.
+        for write in writes:
+            self._check("save", write.run_id, write.status, owner, now, release=write.release)
+        return await self.inner.save_many(writes, owner, now)
 
     async def claim(self, *args: Any, **kwargs: Any) -> Any:
         return await self._pass("claim", *args, **kwargs)

@@ -648,15 +648,17 @@ async def test_a_corrupt_snapshot_row_names_the_run(tmp_path: Path, kind: str) -
 
 
 async def test_cancelling_a_corrupt_run_leaves_the_database_usable(tmp_path: Path) -> None:
-    # The snapshot is read inside the write transaction; its error must roll that back,
-    # or every later call finds a transaction still open.
+    # An error inside the write transaction must roll it back, or every later call finds
+    # a transaction still open. Canceling an idle run appends to its journal without
+    # reading it, so even a run whose header is corrupt can be canceled.
     path = tmp_path / "runs.db"
     wf = typed_workflow([])
     await finished_runs(path, wf, "bad", "good")
     write_snapshot(path, "bad", b"\x00not json", status="suspended", owner=None)
     async with trioflow.open_engine(storage=trioflow.SQLiteStorage(path), workflows=[wf]) as eng:
+        assert await eng.storage.request_cancel("bad", "stop", 0.0) == "canceled"
         with pytest.raises(trioflow.SnapshotError, match="cannot read the snapshot of run 'bad'"):
-            await eng.storage.request_cancel("bad", "stop", 0.0)
+            await eng.get_run("bad")
         with pytest.raises(trioflow.RunNotFoundError):
             await eng.storage.request_cancel("missing", "stop", 0.0)
         assert await eng.storage.request_cancel("good", "stop", 0.0) == "success"
@@ -965,9 +967,13 @@ async def assert_recoverable(new_storage: NewStorage) -> None:
         None,
         False,
     )
-    snapshot = trioflow._snapshot.decode("r", row.snapshot)
+    snapshot = trioflow._journal.of_row(row)
     assert snapshot.status == "running" and not snapshot.cancel_requested
-    assert {path: r.status for path, r in snapshot.steps.items()} == {"quick": "success"}
+    # The interrupted step's start is stored with the end of the step before it.
+    assert {path: r.status for path, r in snapshot.steps.items()} == {
+        "quick": "success",
+        "slow": "running",
+    }
 
 
 async def test_leaving_by_an_exception_leaves_the_runs_recoverable(
@@ -1191,8 +1197,10 @@ async def test_storage_claims_and_saves_are_compare_and_set(new_storage: NewStor
         a = await storage.claim("r", "A", ("pending",), 100.0, 110.0)
         assert a is not None and (a.owner, a.lease_until, a.snapshot) == ("A", 110.0, data)
         assert await storage.claim("r", "B", ("pending",), 105.0, 115.0) is None  # held
-        assert await storage.save("r", "running", data, "B", 105.0, release=False) is False
-        assert await storage.save("r", "running", data, "A", 105.0, release=False) is True
+        # The journal is opaque to a storage: a write that loses appends nothing.
+        assert not await storage.save("r", "running", "B", 105.0, release=False, entries=[b"x"])
+        assert await storage.save("r", "running", "A", 105.0, release=False, entries=[b"1"])
+        assert (await storage.load("r")).entries == (b"1",)
         assert await storage.claim("r", "B", ("pending",), 111.0, 121.0) is None  # status
         assert await storage.recoverable(["wf"], 105.0, 10) == []
         assert await storage.recoverable(["wf"], 111.0, 10) == ["r"]
@@ -1201,13 +1209,18 @@ async def test_storage_claims_and_saves_are_compare_and_set(new_storage: NewStor
         assert await storage.recoverable(["wf"], 111.0, 10) == []
         b = await storage.claim("r", "B", ("running", "waiting"), 121.0, 131.0)  # expired
         assert b is not None and b.owner == "B"
-        assert await storage.save("r", "success", data, "A", 122.0, release=True) is False
-        assert await storage.save("r", "success", data, "B", 122.0, release=True) is True
+        assert not await storage.save(
+            "r", "success", "A", 122.0, release=True, entries=[b"x"], first_seq=2
+        )
+        assert await storage.save(
+            "r", "success", "B", 122.0, release=True, entries=[b"2", b"3"], first_seq=2
+        )
         row = await storage.load("r")
         assert (row.status, row.owner, row.lease_until) == ("success", None, None)
+        assert (row.snapshot, row.entries) == (data, (b"1", b"2", b"3"))
         assert (row.created_at, row.updated_at) == (100.0, 122.0)
         # Ended: no more writes, no more claims.
-        assert await storage.save("r", "running", data, "B", 123.0, release=False) is False
+        assert await storage.save("r", "running", "B", 123.0, release=False) is False
         assert await storage.claim("r", "C", ("running", "waiting"), 200.0, 210.0) is None
         assert await storage.recoverable(["wf"], 200.0, 10) == []
 
@@ -1224,15 +1237,13 @@ async def test_storage_cancel_requests(new_storage: NewStorage) -> None:
         await storage.insert("idle", "wf", "suspended", idle, 100.0)
         await storage.insert("busy", "wf", "pending", snapshot_bytes("busy"), 100.0)
         await storage.claim("busy", "A", ("pending",), 100.0, 110.0)
-        await storage.save(
-            "busy", "running", snapshot_bytes("busy", "running"), "A", 101.0, release=False
-        )
+        await storage.save("busy", "running", "A", 101.0, release=False)
         version = await watcher.data_version()
 
         assert await storage.request_cancel("idle", "why", 105.0) == "canceled"
         row = await storage.load("idle")
         assert (row.status, row.cancel_requested, row.cancel_reason) == ("canceled", True, "why")
-        snapshot = trioflow._snapshot.decode("idle", row.snapshot)
+        snapshot = trioflow._journal.of_row(row)
         assert snapshot.status == "canceled" and snapshot.suspended == []
         assert snapshot.cancel_requested and snapshot.cancel_reason == "why"
         assert snapshot.steps["done"] == steps["done"]
@@ -1253,24 +1264,49 @@ async def test_storage_cancel_requests(new_storage: NewStorage) -> None:
             await storage.request_cancel("nope", None, 111.0)
 
 
-# -- the snapshot written after each step -------------------------------------------------------
+# -- the journal written at each transition ---------------------------------------------------
 
 
 class CheckingStorage(trioflow.MemoryStorage):
-    """Checks every snapshot an engine writes against a plain encoding of the live run
-    (the engine keeps encoded step records between writes)."""
+    """Checks that after every write an engine makes, the stored run (its header and
+    journal, folded) is the live run as it was when the write's entries were taken."""
 
-    engine: Any = None
     checked = 0
 
-    async def save(self, run_id: str, status: Any, snapshot: bytes, *args: Any, **kw: Any) -> bool:
-        run = self.engine._live[run_id]
-        assert snapshot == trioflow._snapshot.encode(run._to_snapshot())
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        super().__init__()
+        self.expected: dict[str, Any] = {}
+        take = trioflow._journal.Journal.take
+
+        def checked_take(journal: Any, run: Any) -> Any:
+            entries = take(journal, run)
+            self.expected[run.run_id] = msgspec.json.decode(
+                trioflow._snapshot.encode(run._to_snapshot())
+            )
+            return entries
+
+        monkeypatch.setattr(trioflow._journal.Journal, "take", checked_take)
+
+    async def save_many(self, writes: Any, owner: str, now: float) -> list[bool]:
+        saved = await super().save_many(writes, owner, now)
+        for write, won in zip(writes, saved, strict=True):
+            if won:
+                await self.check(write.run_id)
+        return saved
+
+    async def claim(self, run_id: str, *args: Any, start: Any = None, **kw: Any) -> Any:
+        row = await super().claim(run_id, *args, start=start, **kw)
+        if row is not None and start is not None:
+            await self.check(run_id)
+        return row
+
+    async def check(self, run_id: str) -> None:
+        stored = trioflow._journal.of_row(await self.load(run_id))
+        assert msgspec.json.decode(trioflow._snapshot.encode(stored)) == self.expected[run_id]
         self.checked += 1
-        return await super().save(run_id, status, snapshot, *args, **kw)
 
 
-async def test_every_snapshot_written_is_the_plain_encoding_of_the_run() -> None:
+async def test_every_write_stores_the_run_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
     async def bump(ctx: trioflow.StepContext[Any]) -> Any:
         return {"n": ctx.input_data["n"] + 1}
 
@@ -1294,9 +1330,8 @@ async def test_every_snapshot_written_is_the_plain_encoding_of_the_run() -> None
         .then(trioflow.create_step(id="flaky", execute=flaky))
         .commit()
     )
-    storage = CheckingStorage()
+    storage = CheckingStorage(monkeypatch)
     async with trioflow.open_engine(storage=storage, workflows=[wf]) as eng:
-        storage.engine = eng
         result = await (await eng.create_run(wf)).start({"n": 0})
     assert result.status == "success"
     assert result.result == [{"n": 8}, {"n": 8}]

@@ -245,16 +245,19 @@ async def test_a_run_that_breaks_down_three_times_in_a_row_is_recorded_failed(
     calls: list[str] = []
     path = tmp_path / "runs.db"
 
-    async def step(ctx: trioflow.StepContext[Any]) -> str:
-        calls.append("step")
-        return "done"
+    def step(name: str) -> trioflow.Step[Any, Any]:
+        async def execute(ctx: trioflow.StepContext[Any]) -> str:
+            calls.append(name)
+            return "done"
 
-    workflow = trioflow.create_workflow(id="doomed").then(
-        trioflow.create_step(id="step", execute=step)
+        return trioflow.create_step(id=name, execute=execute)
+
+    workflow = (
+        trioflow.create_workflow(id="doomed").then(step("first")).then(step("second")).commit()
     )
-    workflow = workflow.commit()
     storage = FaultyStorage(trioflow.SQLiteStorage(path))
-    # Every write of the run while it runs fails; its final write would work.
+    # Every write of the run while it runs fails (the first: the one before "second",
+    # with the end of "first"); its final write would work.
     storage.fail("save", times=None, when=lambda rid, st, *a, release, **kw: not release)
     async with trioflow.open_engine(storage=storage, workflows=[workflow], **OPTIONS) as engine:
         run = await engine.create_run(workflow, run_id="d1")
@@ -263,7 +266,7 @@ async def test_a_run_that_breaks_down_three_times_in_a_row_is_recorded_failed(
             result = await run.result()
     assert result.status == "failed"
     assert "injected fault in save" in str(result.error)
-    assert calls == []  # the first write, before any step, failed each time
+    assert calls == ["first"] * 3  # its end was never stored; "second" never started
     assert (await stored(path, "d1")).status == "failed"
 
 
@@ -342,9 +345,10 @@ async def test_an_executor_that_lost_its_lease_starts_no_further_step(
         before = (await stored(path, "t1")).updated_at
         # The other process finishes the run; result() reports its outcome.
         with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE trioflow_runs SET status = 'canceled', owner = NULL")
             conn.execute(
-                "UPDATE trioflow_runs SET status = 'canceled', owner = NULL, "
-                "snapshot = CAST(json_set(snapshot, '$.status', 'canceled') AS BLOB)"
+                "INSERT INTO trioflow_entries SELECT run_id, MAX(seq) + 1, "
+                """CAST('{"kind":"run","status":"canceled"}' AS BLOB) FROM trioflow_entries"""
             )
         result = await run.result()
         assert result.status == "canceled"

@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import trioflow
-from trioflow import _logs, _snapshot, _tracing
+from trioflow import _journal, _logs, _snapshot, _tracing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "docs"))
 from check_snippets import parse_page
@@ -521,7 +521,7 @@ async def test_a_failed_step_stores_its_traceback_bounded(tmp_path: Any) -> None
         assert (await run.start(input_data=7)).status == "failed"
         row = await e.storage.load("t-1")
         loaded = await e.get_run("t-1")
-    snapshot = _snapshot.decode("t-1", row.snapshot)
+    snapshot = _journal.of_row(row)
     error = snapshot.steps["deep"].error
     assert error is not None and error.traceback is not None
     assert error.traceback.startswith("Traceback (most recent call last):")

@@ -11,6 +11,7 @@ Everything here waits on real time (storage calls run in threads), hence ``slow`
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -29,7 +30,7 @@ from pg_server import PostgresServer, StorageFactory
 from pg_worker_app import WORKFLOWS
 
 import trioflow
-from trioflow.storage import _postgres
+from trioflow.storage import _postgres, _sqlite
 
 pytestmark = pytest.mark.slow
 
@@ -240,7 +241,7 @@ async def test_sqlite_schema_1_is_migrated(tmp_path: Path) -> None:
         assert (await engine.get_run("old")).status == "pending"  # not queued: not taken
     with sqlite3.connect(path) as conn:
         # 2: queued; 3: workflow_version, forked_from, the queue tables
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (_sqlite.SCHEMA_VERSION,)
     conn.close()
 
 
@@ -286,12 +287,14 @@ async def test_storage_contract(storage: trioflow.Storage) -> None:
             False,
             snapshot,
         )
-        assert not await storage.save("r", "running", snapshot, "a", 101.0, release=False)
+        assert not await storage.save("r", "running", "a", 101.0, release=False)
         now = time.time()
         assert await storage.claim("r", "a", ("pending",), now, now + 60) is not None
         assert await storage.claim("r", "b", ("pending",), now, now + 60) is None  # held
-        assert await storage.save("r", "running", snapshot, "a", now, release=False)
-        assert not await storage.save("r", "running", snapshot, "b", now, release=False)
+        assert await storage.save("r", "running", "a", now, release=False, entries=[b"1", b"2"])
+        assert not await storage.save("r", "running", "b", now, release=False, entries=[b"x"])
+        # A claim with a start applies it in the same transaction.
+        assert await storage.claim("r", "c", ("running",), now, now + 60, start=None) is None
         assert await storage.recoverable(["three"], now, 10) == []
         assert await storage.recoverable(["three"], now + 120, 10) == ["r"]  # lease expired
         await storage.renew("a", ["r"], now + 300)
@@ -304,8 +307,12 @@ async def test_storage_contract(storage: trioflow.Storage) -> None:
         assert (await storage.load("r")).owner is None
         # Nobody holds it now: canceled in storage at once, and then it is over.
         assert await storage.request_cancel("r", "why", now) == "canceled"
-        assert not await storage.save("r", "success", snapshot, "a", now, release=True)
-        assert (await storage.load("r")).status == "canceled"
+        assert not await storage.save("r", "success", "a", now, release=True, first_seq=4)
+        row = await storage.load("r")
+        assert row.status == "canceled"
+        # The storage's cancel is an entry after the run's own, in the journal.
+        assert row.entries[:2] == (b"1", b"2") and len(row.entries) == 3
+        assert json.loads(row.entries[2])["kind"] == "canceled-idle"
         assert [s.run_id for s in await storage.list_runs(status="canceled")] == ["r"]
 
 

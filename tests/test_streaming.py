@@ -21,7 +21,7 @@ import trio.testing
 
 import trioflow
 import trioflow.testing
-from trioflow import _snapshot
+from trioflow import _journal, _snapshot
 from trioflow._cli._view import TextView
 
 
@@ -288,7 +288,7 @@ async def test_stored_output_events_are_kept_with_the_run_and_bounded(
         run = await engine.create_run(workflow)
         assert (await run.start()).status == "success"
         row = await engine.storage.load(run.run_id)
-    stored = _snapshot.decode(run.run_id, row.snapshot).outputs
+    stored = _journal.of_row(row).outputs
     assert [(o.seq, o.step_id, o.data) for o in stored] == [
         (2, "kept", 2),
         (3, "kept", 3),
@@ -304,7 +304,7 @@ async def test_a_stored_write_is_in_storage_before_write_returns() -> None:
         for word in ("one", "two"):
             await ctx.write({"word": word})
             row = await engine.storage.load(ctx.run_id)
-            seen.append([o.data for o in _snapshot.decode(ctx.run_id, row.snapshot).outputs])
+            seen.append([o.data for o in _journal.of_row(row).outputs])
 
     step = trioflow.create_step(id="s", execute=execute, store_output_events=True)
     workflow = trioflow.create_workflow(id="wf").then(step).commit()
@@ -382,7 +382,7 @@ async def test_cancelling_the_nursery_of_a_started_run_is_an_outside_cancellatio
         assert not run.cancel_requested
         assert run.status != "canceled"
         row = await engine.storage.load(run.run_id)
-        snapshot = _snapshot.decode(run.run_id, row.snapshot)
+        snapshot = _journal.of_row(row)
         assert row.status == "running" and not snapshot.cancel_requested  # recoverable
         assert snapshot.steps == {}  # as last stored: no step had ended
 

@@ -21,6 +21,7 @@ import trio
 
 import trioflow
 from trioflow import _snapshot
+from trioflow.storage import _sqlite
 
 OPTIONS: dict[str, Any] = {"lease_seconds": 1.0, "poll_interval": 0.05}
 
@@ -302,7 +303,7 @@ async def test_a_run_stored_before_versions_takes_the_version_that_loads_it(
         assert summary.version == "3"
     assert "run old was stored before workflow versions; it takes version '3'" in caplog.text
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (_sqlite.SCHEMA_VERSION,)
 
 
 async def test_trioflow_testing_drives_a_run_across_two_versions(

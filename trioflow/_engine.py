@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import _queues, _schedules, _snapshot
+from . import _journal, _queues, _schedules, _snapshot
 from ._clock import wall_time
+from ._commits import GroupCommit
 from ._errors import RunStateError, StorageError, UnstorableDataError, WorkflowVersionError
 from ._queues import Queue, QueueEntry, QueueLimits, QueuePlace, check_queues
 from ._results import RunStatus
 from ._schedules import Schedule, check_schedules, serve_schedules
 from ._schema import convert
-from .storage import RunRow, RunSummary, ScheduleState, Storage
+from .storage import RunRow, RunSummary, ScheduleState, Storage, Write
 
 if TYPE_CHECKING:
     from ._logs import PendingLogs
@@ -67,6 +68,7 @@ class Engine:
         self._versions = index_versions(workflows)
         self.workflows = {id: list(known.values())[-1] for id, known in self._versions.items()}
         self.owner_id = uuid.uuid4().hex
+        self._commits = GroupCommit(storage, self.owner_id)
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
         self._nursery = nursery
@@ -111,6 +113,7 @@ class Engine:
 
         run = Run(self._workflow(workflow, version), run_id)
         run._engine = self
+        run._track()
         snapshot = _snapshot.encode(run._to_snapshot())
         try:
             await self.storage.insert(
@@ -190,6 +193,7 @@ class Engine:
             workflow_version=run.workflow.version,
         )
         if found is None:
+            run._track()
             return run, True
         if found.workflow_id != run.workflow.id:
             raise ValueError(
@@ -285,7 +289,7 @@ class Engine:
         else:
             path = from_step if isinstance(from_step, str) else from_step.id
         new_id = new_run_id if new_run_id is not None else str(uuid.uuid4())
-        forked = _snapshot.fork(_snapshot.decode(run_id, row.snapshot), new_id, path)
+        forked = _snapshot.fork(_journal.of_row(row), new_id, path)
         await self.storage.insert(
             new_id,
             row.workflow_id,
@@ -301,7 +305,7 @@ class Engine:
         """`fork_run` from the run's first failed or canceled step (the step itself, not
         the nested workflow around it): what succeeded before it is kept."""
         row = await self.storage.load(run_id)
-        step = _snapshot.first_to_retry(_snapshot.decode(run_id, row.snapshot))
+        step = _snapshot.first_to_retry(_journal.of_row(row))
         return await self.fork_run(run_id, step, new_run_id=new_run_id)
 
     async def delete_run(self, run_id: str) -> None:
@@ -386,11 +390,9 @@ class Engine:
                     definition.version,
                     row.workflow_id,
                 )
-        run = Run._from_snapshot(definition, _snapshot.decode(row.run_id, row.snapshot), self)
+        run = Run._from_row(definition, row, self)
         if version is not None and version not in known:
             run._unknown_version = version
-        run._stored_status = row.status
-        run._forked_from = row.forked_from
         return run
 
     def _check_version(self, run: Run) -> None:
@@ -416,8 +418,40 @@ class Engine:
         if row is None:
             return False
         run._load_row(row)
+        self._add_live(run)  # before any await: renewed from now on, never "recovered" here
         run._take_stored_events(await self.storage.events_for(run_id=run.run_id))
-        self._add_live(run)
+        return True
+
+    async def _claim_start(self, run: Run) -> bool:
+        """Take the pending `run` for this engine and store its start ('running', its
+        input and initial state) in the same transaction; False if it was not pending
+        and free (the handle is then stale: the caller loads the run)."""
+        journal = run._journal
+        assert journal is not None
+        run._status = "running"  # as the start stores it; `_execute` sets it again
+        try:
+            entries = journal.take(run)
+        except UnstorableDataError:  # `_execute`'s first write fails the run
+            return await self._claim(run, ("pending",))
+        finally:
+            run._status = "pending"
+        now = wall_time()
+        row = await self.storage.claim(
+            run.run_id,
+            self.owner_id,
+            ("pending",),
+            now,
+            now + self.lease_seconds,
+            workflow_version=run.workflow.version,
+            start=Write(run.run_id, "running", entries, journal.seq + 1),
+        )
+        if row is None:
+            journal.not_stored(run)
+            return False
+        journal.stored(len(entries))
+        run._stored_status = "running"
+        self._add_live(run)  # before any await (see `_claim`)
+        run._take_stored_events(await self.storage.events_for(run_id=run.run_id))
         return True
 
     def _add_live(self, run: Run) -> None:
@@ -494,15 +528,21 @@ class Engine:
             logger.exception("run %s: its failure could not be stored either", run.run_id)
         return False
 
-    async def _save(self, run: Run, *, release: bool) -> None:
-        """Write the run's snapshot, shielded: a recorded transition is never lost to a
-        cancellation. Bounded in real time by the storage itself (SQLite's busy timeout,
-        PostgreSQL's timeouts), never by a Trio deadline: under MockClock, autojump
-        would jump straight to it. Data msgspec cannot encode fails the run, not the
-        write (`Run._drop_unstorable`). A write that loses its compare-and-set means
-        another process ended or took the run: this execution stops without a trace."""
+    async def _save(self, run: Run, *, release: bool, unless_only: str | None = None) -> None:
+        """Store what changed in the run since its last write, shielded: a recorded
+        transition is never lost to a cancellation. No write is made when nothing is
+        new, nor when all that is new is the start of the step at `unless_only`, about
+        to run (its start goes with the next write). Concurrent runs' writes share
+        transactions (`GroupCommit`). Bounded in real time by the storage itself
+        (SQLite's busy timeout, PostgreSQL's timeouts), never by a Trio deadline: under
+        MockClock, autojump would jump straight to it. Data msgspec cannot encode fails
+        the run, not the write (`Run._drop_unstorable`). A write that loses its
+        compare-and-set means another process ended or took the run: this execution
+        stops without a trace."""
         if run._lost:
             return
+        journal = run._journal
+        assert journal is not None
         if run._save_lock is None:
             run._save_lock = trio.Lock()
         lock = run._save_lock
@@ -512,17 +552,28 @@ class Engine:
             except trio.WouldBlock:
                 await lock.acquire()
             try:
+                status = run._status
+                if (
+                    not release
+                    and status == run._stored_status
+                    and journal.nothing_new(run, unless_only)
+                ):
+                    return
                 try:
-                    data = run._encode_snapshot()
+                    entries = journal.take(run)
                 except UnstorableDataError:
                     run._drop_unstorable()
-                    data = run._encode_snapshot()
+                    entries = journal.take(run)
                 status = run._status
                 if run._logs:  # first, so a reader that sees the run ended sees its logs
                     await self._store_logs(run, run._logs)
-                saved = await self.storage.save(
-                    run.run_id, status, data, self.owner_id, wall_time(), release=release
-                )
+                write = Write(run.run_id, status, entries, journal.seq + 1, release)
+                try:
+                    saved = await self._commits.save(write)
+                except BaseException:
+                    journal.not_stored(run)
+                    raise
+                journal.stored(len(entries))
             finally:
                 lock.release()
         if saved:
@@ -732,11 +783,11 @@ class Engine:
                 self._unreadable.add(run_id)
                 logger.exception("cannot recover run %s; it is left as stored", run_id)
                 continue
-            run._take_stored_events(await self.storage.events_for(run_id=run_id))
             logger.info("recovering run %s of %s", run_id, row.workflow_id)
             if row.cancel_requested:  # asked while its executor was dying
                 run._request_cancel(row.cancel_reason, cancel_scope=False)
             self._add_live(run)
+            run._take_stored_events(await self.storage.events_for(run_id=run_id))
             self._start_soon(run)
 
     async def _wait_idle(self) -> None:

@@ -25,6 +25,7 @@ from . import _events as ev
 from ._abort import AbortController, AbortSignal, call_at
 from ._clock import wall_time
 from ._errors import AbortError, EventTimeoutError, StepTimeoutError, ValidationError
+from ._journal import Tracked
 from ._realtime import run_in_thread
 from ._results import StepResult
 from ._schema import convert
@@ -274,17 +275,17 @@ async def finish_step(
     value: Any,
     key: Key,
     resume_data: Any,
-    *,
-    persist_after: bool = True,
 ) -> Any:
-    """Execute a step that `begin_step` started, and record how it ended. A loop passes
-    ``persist_after=False``: it stores the run once per iteration, with its progress (a
-    recovered loop goes on from its progress, so a write before that would be lost)."""
+    """Execute a step that `begin_step` started, and record how it ended. Its end is
+    stored by the run's next write: before the next step executes (with that step's
+    start), or by the finalizer."""
     run = frame.run
     path = frame.prefix + step.id
     if type(step) is Workflow:
-        return await _run_nested(frame, step, path, value, key, persist_after)
+        return await _run_nested(frame, step, path, value, key)
     assert type(step) is Step
+    if run._engine is not None:
+        await store_before(run, path)
     try:
         if step.plain and not (
             step.retries if step.retries is not None else frame.workflow.retry_config.attempts
@@ -324,18 +325,44 @@ async def finish_step(
         _end(run, path, "failed", error=exc, payload=value)
         raise FailRun(exc, path) from None
     _succeed(run, path, output, value)
-    if persist_after and run._engine is not None:
-        await persist(run)
+    if run._engine is not None and _others_in_flight(run, path):
+        await persist(run)  # no next step will store this end soon: siblings still run
     return output
 
 
+def _others_in_flight(run: Run, path: str) -> bool:
+    """Whether steps other than those that hold `path` (its nested parents) are in
+    flight: parallel branches. Their ends are stored when they come, not with the start
+    of the next step, which waits for all of them."""
+    return any(not path.startswith(other + ".") for other in run._in_flight)
+
+
 async def persist(run: Run) -> None:
-    """Store the run's state now, if it is durable: after each completed step, so a
-    recovered run never runs a completed step again. (Failures, suspensions and the end
+    """Store the run's state now, if it is durable. (Failures, suspensions and the end
     are stored by the run's finalizer.)"""
     if run._engine is not None:
         await run._engine._save(run, release=False)
         run._raise_fault()  # some of the run's data could not be stored: it fails
+        if run._lost:  # another process took the run: nothing more starts here
+            raise StopRun
+
+
+async def store_before(run: Run, path: str | None) -> None:
+    """Before user code runs (a step's body, a map, a condition): make every completed
+    step durable, so that a recovered run never runs one again. The start of the step
+    at `path`, about to run, goes in the same write; a write that would hold that start
+    alone is not made (a commit per step that protects nothing: the start goes with
+    the run's next write)."""
+    if run._engine is not None:
+        await run._engine._save(run, release=False, unless_only=path)
+        if run._fault is not None and path is not None and path in run._in_flight:
+            # Some data of the run cannot be stored: it fails here, and the step that
+            # was about to run never started.
+            del run._in_flight[path]
+            del run._steps[path]
+        run._raise_fault()
+        if run._lost:
+            raise StopRun
 
 
 async def call_step(
@@ -463,9 +490,7 @@ class _TimedStepContext(StepContext[Any]):
         super().abort(reason)
 
 
-async def _run_nested(
-    frame: Frame, workflow: Workflow, path: str, value: Any, key: Key, persist_after: bool = True
-) -> Any:
+async def _run_nested(frame: Frame, workflow: Workflow, path: str, value: Any, key: Key) -> Any:
     run = frame.run
     child = Frame(run, workflow, path + ".", value)
     try:
@@ -479,7 +504,7 @@ async def _run_nested(
         _end(run, path, "failed", error=exc.error, payload=value)
         raise FailRun(exc.error, path) from None
     _end(run, path, "success", output=output, payload=value)
-    if persist_after:
+    if run._engine is not None and _others_in_flight(run, path):
         await persist(run)
     return output
 
@@ -537,6 +562,7 @@ def _gather(steps: Sequence[Step[Any, Any] | Workflow], outcomes: list[Any]) -> 
 
 async def _run_branch(frame: Frame, node: BranchNode, value: Any, key: Key) -> dict[str, Any]:
     chosen = []
+    await store_before(frame.run, None)  # conditions are user code
     for condition, step in node.branches:
         record = frame.run._steps.get(frame.prefix + step.id)
         # On a replay a branch that ran before is taken again, whatever its condition says now.
@@ -563,7 +589,7 @@ async def _run_loop(frame: Frame, node: LoopNode, value: Any, key: Key) -> Any:
         suspended = record is not None and record.status == "suspended"
         resume_data = record.resume_payload if suspended else None  # type: ignore[union-attr]
         _begin(run, path, value, key, record)
-        value = await finish_step(frame, step, value, key, resume_data, persist_after=False)
+        value = await finish_step(frame, step, value, key, resume_data)
         iteration += 1
         try:  # the condition inline: this is the hot path of long loops
             verdict = condition(ConditionContext(frame, value, iteration))
@@ -623,6 +649,7 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
     done = {int(i): output for i, output in run._progress.get(path, {}).items()}
     run._progress[path] = done
     _begin(run, path, items, key, record)
+    await store_before(run, path)
     slots = trio.Semaphore(node.concurrency)
     failure: list[BaseException] = []
     bailed: list[Bail] = []
@@ -656,6 +683,8 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
             nursery.cancel_scope.cancel()
         else:
             done[index] = output
+            if isinstance(run._progress, Tracked):
+                run._progress.note_item(path, index)
             if run._watchers.channels:
                 run._watchers.emit(
                     ev.WorkflowStepProgress(
@@ -714,6 +743,7 @@ async def _run_map(frame: Frame, node: MapNode, value: Any, key: Key) -> Any:
     if record is not None and record.status == "success":
         return record.output
     _begin(run, path, value, key, record)
+    await store_before(run, path)
     try:
         output = await call_maybe_async(node.fn, ConditionContext(frame, value))
     except Exception as exc:
@@ -736,6 +766,7 @@ async def _run_sleep(frame: Frame, node: SleepNode, value: Any, key: Key) -> Any
     if deadline is None:
         when = node.when
         if callable(when):
+            await store_before(run, None)
             try:
                 when = await call_maybe_async(when, ConditionContext(frame, value))
                 deadline = _wall_deadline(path, when, node.until)

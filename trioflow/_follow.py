@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import _events as ev
-from . import _snapshot
+from . import _journal, _snapshot
 from .storage import RunRow, Storage
 from .storage._base import EXECUTING_STATUSES
 
@@ -72,7 +72,7 @@ class StoredEvents:
         steps are recorded, its start, its new outputs, its end. (Outputs of steps that
         ran side by side within one poll interval come grouped by step.)"""
         run_id = self._run_id
-        snapshot = _snapshot.decode(run_id, row.snapshot)
+        snapshot = _journal.of_row(row)
         send = self._watcher.send_nowait
         outputs: dict[str, list[_snapshot.OutputRecord]] = {}
         for output in snapshot.outputs:

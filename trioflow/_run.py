@@ -15,15 +15,13 @@ import math
 import uuid
 from collections import deque
 from functools import partial
-from itertools import compress
-from operator import is_not
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
 
 from . import _events as ev
-from . import _follow, _snapshot, _tracing
+from . import _follow, _journal, _snapshot, _tracing
 from ._abort import AbortController, Timer, call_at
 from ._clock import wall_time
 from ._errors import (
@@ -43,6 +41,7 @@ from ._executor import (
     SuspendRun,
     execute_workflow,
 )
+from ._journal import Journal, RunSet, Tracked
 from ._logs import PendingLogs
 from ._results import TERMINAL, CancelResult, RunResult, RunStatus, StepResult
 from ._schema import convert
@@ -77,7 +76,6 @@ class Run:
         "_controller",
         "_deadline",
         "_done",
-        "_encoded",
         "_engine",
         "_error",
         "_event_arrived",
@@ -87,6 +85,7 @@ class Run:
         "_forked_from",
         "_in_flight",
         "_input",
+        "_journal",
         "_logs",
         "_lost",
         "_outputs",
@@ -159,8 +158,8 @@ class Run:
         # The stored version of a run loaded by an engine that does not know it (the
         # records are read with the latest definition; the run is never executed here).
         self._unknown_version: str | None = None
-        # The step records as last encoded: (paths, results, encoded members).
-        self._encoded: tuple[list[str], list[StepResult], list[bytes]] = ([], [], [])
+        # What of a durable run is stored (None: a run in memory, or not stored yet).
+        self._journal: Journal | None = None
         # Observability (_tracing.py, _logs.py): the trace of the execution under way,
         # the run's trace context once known, and what ctx.logger said since the last write.
         self._trace: _tracing.Execution | None = None
@@ -267,7 +266,6 @@ class Run:
     async def _prepare_durable_start(self, input_data: Any, initial_state: Any) -> bool:
         engine = self._engine
         assert engine is not None
-        self._load_row(await engine.storage.load(self.run_id))
         engine._check_version(self)
         if self._status == "pending" and not self.cancel_requested:
             if self._forked_from is not None and (
@@ -277,18 +275,18 @@ class Run:
                     f"run {self.run_id!r} was forked from {self._forked_from!r} and starts "
                     "with its input and state; call start() without input_data"
                 )
-            if await engine._claim(self, ("pending",)):
-                if self._forked_from is None:
-                    self._take_input(input_data, initial_state)
+            # As this handle knows it: take it, set it 'running' and store its input in
+            # one transaction. A pending run is written by nothing but a start or the
+            # cancel that ends its pending, so nothing stored is newer than this
+            # handle unless the claim fails.
+            if self._forked_from is None:
+                self._take_input(input_data, initial_state)
+            if await engine._claim_start(self):
                 return True
-            # Lost the claim: to another process, or to a cancel() that canceled the
-            # pending run in storage meanwhile (then this start returns its result).
-            row = await engine.storage.load(self.run_id)
-            self._load_row(row)
-            if self._status not in ("canceled", "pending"):
-                raise RunStateError(
-                    self.run_id, self._status, f"run {self.run_id!r} was started by another process"
-                )
+        # Lost the claim (to another process, or to a cancel() that canceled the pending
+        # run in storage meanwhile: then this start returns its result), or a stale handle.
+        self._load_row(await engine.storage.load(self.run_id))
+        engine._check_version(self)
         if self._status == "canceled" or self.cancel_requested:
             if self._status != "canceled":  # asked while this start was claiming it
                 await engine._cancel_elsewhere(self, self._controller.signal.reason)
@@ -296,6 +294,10 @@ class Run:
             assert self._done is not None
             self._done.set()
             return False
+        if self._status == "pending":  # held by a start elsewhere
+            raise RunStateError(
+                self.run_id, self._status, f"run {self.run_id!r} was started by another process"
+            )
         raise RunStateError(self.run_id, self._status, self._not_startable())
 
     def _prepare_memory_start(self, input_data: Any, initial_state: Any) -> bool:
@@ -319,6 +321,8 @@ class Run:
 
     def _take_input(self, input_data: Any, initial_state: Any) -> None:
         self._input = input_data
+        if self._journal is not None:  # stored with the start
+            self._journal.input_stored = False
         state_schema = self.workflow.state_schema
         if initial_state is not None or state_schema is not None:
             self._states[""] = _initial_state(self.workflow, initial_state)
@@ -822,9 +826,9 @@ class Run:
 
     # --- snapshots --------------------------------------------------------------------
 
-    def _to_snapshot(self, steps: Any = None) -> _snapshot.Snapshot:
-        if steps is None:
-            steps = {path: _snapshot.step_record(r, path) for path, r in self._steps.items()}
+    def _to_snapshot(self) -> _snapshot.Snapshot:
+        """The whole run as one snapshot: the header of a run stored with what it has."""
+        steps = {path: _snapshot.step_record(r, path) for path, r in self._steps.items()}
         return _snapshot.Snapshot(
             run_id=self.run_id,
             workflow_id=self.workflow.id,
@@ -833,8 +837,8 @@ class Run:
             result=self._result,
             error=_snapshot.error_record(self._error),
             steps=steps,
-            progress=self._progress,
-            states=self._states,
+            progress=dict(self._progress),
+            states=dict(self._states),
             suspended=self._suspended,
             pending_events={name: list(q) for name, q in self._pending_events.items()},
             events_taken=self._events_taken,
@@ -847,30 +851,41 @@ class Run:
             outputs=self._outputs,
         )
 
-    def _encode_snapshot(self) -> bytes:
-        """The snapshot as stored. A snapshot is written after every step, so each step
-        record is encoded once, as its ``"path":{...}`` member of the steps object, and
-        kept until it changes (`StepResult` is immutable: a changed record is a new
-        object). Finding the changed ones runs at C speed (``map``/``compress``):
-        re-encoding every record, even a Python loop over them, made a step's cost grow
-        with the length of the run."""
-        paths = list(self._steps)
-        results = list(self._steps.values())
-        old_paths, old_results, members = self._encoded
-        if paths[: len(old_paths)] != old_paths:  # removed or reordered: start over
-            old_results, members = [], []
-        run_id = self.run_id
-        for i in compress(range(len(old_results)), map(is_not, results, old_results)):
-            members[i] = _snapshot.encode_step(run_id, paths[i], results[i])
-        for i in range(len(old_results), len(results)):
-            members.append(_snapshot.encode_step(run_id, paths[i], results[i]))
-        self._encoded = (paths, results, members)
-        steps = msgspec.Raw(b"{" + b",".join(members) + b"}") if members else {}
-        return _snapshot.encode(self._to_snapshot(steps))
+    def _run_fields(self) -> RunSet:
+        """The run's own fields, as its journal stores them (the result aside)."""
+        return RunSet(
+            status=self._status,
+            error=_snapshot.error_record(self._error),
+            suspended=self._suspended,
+            pending_events={name: list(q) for name, q in self._pending_events.items()},
+            cancel_requested=self.cancel_requested,
+            cancel_reason=_snapshot.reason_text(self._controller.signal.reason)
+            if self.cancel_requested
+            else None,
+            events_taken=self._events_taken,
+            timeout=self._timeout,
+            deadline=self._deadline,
+        )
+
+    def _track(self, *, entries: int = 0, input_stored: bool = True) -> None:
+        """Make the run durable from here: note the changes to its tables from now on,
+        for its journal (which holds `entries` entries so far)."""
+        self._steps = Tracked(self._steps)
+        self._progress = Tracked(self._progress)
+        self._states = Tracked(self._states)
+        outputs = self._outputs
+        self._journal = Journal(
+            entries,
+            input_stored=input_stored,
+            outputs_stored=outputs[-1].seq + 1 if outputs else 0,
+        )
 
     def _load_row(self, row: RunRow) -> None:
         """Take the state of the run as stored."""
-        self._load(_snapshot.decode(self.run_id, row.snapshot))
+        self._load(_journal.of_row(row))
+        self._track(entries=len(row.entries))
+        assert self._journal is not None
+        self._journal.loaded(self)
         self._stored_status = row.status
         self._forked_from = row.forked_from
 
@@ -909,12 +924,10 @@ class Run:
         self._outputs = list(snapshot.outputs)
 
     @classmethod
-    def _from_snapshot(
-        cls, workflow: Workflow, snapshot: _snapshot.Snapshot, engine: Engine
-    ) -> Run:
-        run = cls(workflow, snapshot.run_id)
+    def _from_row(cls, workflow: Workflow, row: RunRow, engine: Engine) -> Run:
+        run = cls(workflow, row.run_id)
         run._engine = engine
-        run._load(snapshot)
+        run._load_row(row)
         return run
 
     # --- helpers of the executor --------------------------------------------------------

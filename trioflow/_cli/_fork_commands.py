@@ -13,7 +13,7 @@ import uuid
 
 import trio
 
-from .. import _snapshot
+from .. import _journal, _snapshot
 from .._clock import wall_time
 from .._engine import open_engine
 from .._errors import RunNotFoundError
@@ -61,7 +61,7 @@ async def _fork(args: argparse.Namespace, from_step: str | None) -> int:
                 f"(cancel it first: trioflow runs cancel {args.run_id})",
                 EXIT_FAILED,
             )
-        original = _snapshot.decode(args.run_id, row.snapshot)
+        original = _journal.of_row(row)
         try:
             step = from_step if from_step is not None else _snapshot.first_to_retry(original)
             forked = _snapshot.fork(original, new_id, step)

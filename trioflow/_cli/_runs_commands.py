@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from .. import _snapshot
+from .. import _journal, _snapshot
 from .._clock import wall_time
 from .._engine import open_engine
 from .._errors import RunNotFoundError, ValidationError
@@ -63,7 +63,7 @@ async def _load(storage: Storage, run_id: str, db: str) -> tuple[RunRow, Snapsho
         row = await storage.load(run_id)
     except RunNotFoundError as exc:
         raise not_found(run_id, db) from exc
-    return row, _snapshot.decode(run_id, row.snapshot)
+    return row, _journal.of_row(row)
 
 
 def orphaned(status: str, lease_until: float | None) -> bool:

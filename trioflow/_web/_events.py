@@ -23,7 +23,7 @@ from typing import Any
 import trio
 from starlette.types import Receive, Scope, Send
 
-from .. import _snapshot
+from .. import _journal, _snapshot
 from .._engine import Engine
 from .._events import WatchOverflow, WorkflowStepOutput, WorkflowStepProgress, encode_event
 from .._results import TERMINAL
@@ -50,7 +50,7 @@ async def cancel_reason(engine: Engine, run: Run) -> str | None:
     row = await engine.storage.load(run.run_id)
     if row.cancel_reason is not None:
         return row.cancel_reason
-    return _snapshot.decode(run.run_id, row.snapshot).cancel_reason
+    return _journal.of_row(row).cancel_reason
 
 
 # How many of a run's last log records its page shows (`trioflow runs logs` has them all).

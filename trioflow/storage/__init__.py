@@ -5,6 +5,7 @@ from ._base import RunSummary as RunSummary
 from ._base import ScheduleState as ScheduleState
 from ._base import Storage as Storage
 from ._base import StoredEvent as StoredEvent
+from ._base import Write as Write
 from ._memory import MemoryStorage as MemoryStorage
 from ._postgres import PostgresStorage as PostgresStorage
 from ._sqlite import SQLiteStorage as SQLiteStorage
@@ -18,4 +19,5 @@ __all__ = [
     "SQLiteStorage",
     "ScheduleState",
     "Storage",
+    "Write",
 ]

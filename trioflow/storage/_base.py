@@ -1,13 +1,14 @@
-"""The storage interface. A backend stores rows of runs: the snapshot (opaque bytes to
-it, except where a transaction must cancel an idle run), the status, and who executes
-the run under which lease. Every method is one transaction; the compare-and-set ones
-are what keep one terminal transition and one executor per run across processes."""
+"""The storage interface. A backend stores rows of runs: a header (the snapshot the run
+was created with) and a journal of entries appended after it, both opaque bytes to it;
+the status; and who executes the run under which lease. Every method is one
+transaction; the compare-and-set ones are what keep one terminal transition and one
+executor per run across processes."""
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import msgspec
 import trio
@@ -39,7 +40,9 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RunRow(msgspec.Struct, frozen=True, kw_only=True):
-    """A stored run with its snapshot and its executor's lease."""
+    """A stored run: its header (`snapshot`), its journal (`entries`, the entry
+    numbered ``i + 1`` at index ``i``) and its executor's lease. `_journal.fold` makes
+    the two one snapshot. Rows of listings and claims of many runs have no entries."""
 
     run_id: str
     workflow_id: str
@@ -54,6 +57,18 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     queued: bool = False
     workflow_version: str | None = None
     forked_from: str | None = None
+    entries: tuple[bytes, ...] = ()
+
+
+class Write(NamedTuple):
+    """One transition of a run, for `Storage.save_many`: its status, and the journal
+    entries to append, numbered from `first_seq`."""
+
+    run_id: str
+    status: RunStatus
+    entries: Sequence[bytes] = ()
+    first_seq: int = 1
+    release: bool = False
 
 
 class StoredEvent(msgspec.Struct, frozen=True):
@@ -170,27 +185,36 @@ class Storage(abc.ABC):
         workflow_version: str | None = None,
         forked_from: str | None = None,
     ) -> None:
-        """Store a new run of `workflow_version` of its workflow (forked from the run
-        `forked_from`, if given); `ValueError` if the id is taken. A `queued` run (status
-        ``'pending'``) waits for a worker to take it with `claim_queued`."""
+        """Store a new run with `snapshot` as its header, of `workflow_version` of its
+        workflow (forked from the run `forked_from`, if given); `ValueError` if the id is
+        taken. A `queued` run (status ``'pending'``) waits for a worker to take it with
+        `claim_queued`."""
 
     @abc.abstractmethod
     async def load(self, run_id: str) -> RunRow:
-        """The stored run; `RunNotFoundError` if there is none."""
+        """The stored run with its entries; `RunNotFoundError` if there is none."""
 
     @abc.abstractmethod
+    async def save_many(self, writes: Sequence[Write], owner: str, now: float) -> list[bool]:
+        """Apply the writes, in one transaction: each sets its run's status and appends
+        its entries if `owner` still holds the run and it has not ended (dropping the
+        lease when `release`). Per write, False if it lost (someone else ended or holds
+        the run: nothing of it is written). An error fails the whole batch."""
+
     async def save(
         self,
         run_id: str,
         status: RunStatus,
-        snapshot: bytes,
         owner: str,
         now: float,
         *,
         release: bool,
+        entries: Sequence[bytes] = (),
+        first_seq: int = 1,
     ) -> bool:
-        """Write the run if `owner` still holds it and it has not ended; drop the lease
-        when `release`. False if the write lost (someone else ended or holds it)."""
+        """`save_many` of one write."""
+        write = Write(run_id, status, entries, first_seq, release)
+        return (await self.save_many([write], owner, now))[0]
 
     @abc.abstractmethod
     async def claim(
@@ -202,10 +226,12 @@ class Storage(abc.ABC):
         lease_until: float,
         *,
         workflow_version: str | None = None,
+        start: Write | None = None,
     ) -> RunRow | None:
         """Take the run for `owner` if its status is in `statuses` and nobody holds a
-        live lease on it; the row as taken, or None. A run stored before versions
-        existed takes `workflow_version`."""
+        live lease on it; the row as taken (with its entries), or None. A run stored
+        before versions existed takes `workflow_version`. With `start`, the same
+        transaction then applies that write (a run's start: its status and input)."""
 
     @abc.abstractmethod
     async def claim_queued(
@@ -245,8 +271,8 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def request_cancel(self, run_id: str, reason: str | None, now: float) -> RunStatus:
         """Ask for a run's cancellation. A run that no live executor holds is canceled
-        here and now (its snapshot rewritten); one that executes elsewhere is flagged
-        for its executor. The status after the request."""
+        here and now (its entry `_journal.canceled_idle` appended); one that executes
+        elsewhere is flagged for its executor. The status after the request."""
 
     @abc.abstractmethod
     async def cancel_requests(self, owner: str) -> list[tuple[str, str | None]]:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import msgspec
 import trio
 
-from .. import _snapshot
+from .. import _journal
 from .._errors import RunNotFoundError
 from .._logs import STORED_LOGS, LogEntry, NewLog, with_drop_marker
 from .._queues import (
@@ -28,6 +28,7 @@ from ._base import (
     ScheduleState,
     Storage,
     StoredEvent,
+    Write,
     workflow_key,
     workflow_keys,
 )
@@ -39,7 +40,8 @@ class MemoryStorage(Storage):
     """Runs in a dict. One instance may be shared by several engines of one process."""
 
     def __init__(self) -> None:
-        self._rows: dict[str, RunRow] = {}
+        self._rows: dict[str, RunRow] = {}  # without their entries: those are in _entries
+        self._entries: dict[str, list[bytes]] = {}
         # Events sent through the storage (`put_event`), numbered from 1.
         self._events: list[StoredEvent] = []
         self._version = 0
@@ -100,32 +102,32 @@ class MemoryStorage(Storage):
             )
         )
 
+    def _with_entries(self, row: RunRow) -> RunRow:
+        return _replace(row, entries=tuple(self._entries.get(row.run_id, ())))
+
     async def load(self, run_id: str) -> RunRow:
         await trio.lowlevel.checkpoint()
-        return self._get(run_id)
+        return self._with_entries(self._get(run_id))
 
-    async def save(
-        self,
-        run_id: str,
-        status: RunStatus,
-        snapshot: bytes,
-        owner: str,
-        now: float,
-        *,
-        release: bool,
-    ) -> bool:
+    async def save_many(self, writes: Sequence[Write], owner: str, now: float) -> list[bool]:
         await trio.lowlevel.checkpoint()
-        row = self._get(run_id)
+        return [self._apply(write, owner, now) for write in writes]
+
+    def _apply(self, write: Write, owner: str, now: float) -> bool:
+        row = self._get(write.run_id)
         if row.status in TERMINAL_STATUSES or row.owner != owner:
             return False
+        journal = self._entries.setdefault(write.run_id, [])
+        if len(journal) + 1 != write.first_seq and write.entries:
+            raise ValueError(f"run {write.run_id!r}: entry {write.first_seq} is stored already")
+        journal.extend(write.entries)
         self._put(
             _replace(
                 row,
-                status=status,
-                snapshot=snapshot,
+                status=write.status,
                 updated_at=now,
-                owner=None if release else owner,
-                lease_until=None if release else row.lease_until,
+                owner=None if write.release else owner,
+                lease_until=None if write.release else row.lease_until,
             )
         )
         return True
@@ -139,6 +141,7 @@ class MemoryStorage(Storage):
         lease_until: float,
         *,
         workflow_version: str | None = None,
+        start: Write | None = None,
     ) -> RunRow | None:
         await trio.lowlevel.checkpoint()
         row = self._get(run_id)
@@ -148,7 +151,10 @@ class MemoryStorage(Storage):
         version = row.workflow_version or workflow_version
         row = _replace(row, owner=owner, lease_until=lease_until, workflow_version=version)
         self._put(row)
-        return row
+        taken = self._with_entries(row)
+        if start is not None:
+            self._apply(start, owner, now)
+        return taken
 
     async def claim_queued(
         self,
@@ -215,12 +221,11 @@ class MemoryStorage(Storage):
         if held:
             self._put(_replace(row, cancel_requested=True, cancel_reason=reason))
             return row.status
-        snapshot = _snapshot.cancel_idle(_snapshot.decode(run_id, row.snapshot), reason, now)
+        self._entries.setdefault(run_id, []).append(_journal.canceled_idle(reason, now))
         self._put(
             _replace(
                 row,
                 status="canceled",
-                snapshot=_snapshot.encode(snapshot),
                 cancel_requested=True,
                 cancel_reason=reason,
                 owner=None,
@@ -268,9 +273,10 @@ class MemoryStorage(Storage):
         return row.status
 
     def _forget(self, run_id: str) -> None:
-        """Drop an ended run with what is kept beside it: its queue entry, logs, trace."""
+        """Drop an ended run with what is kept beside it: its journal, queue entry, logs,
+        trace."""
         del self._rows[run_id]
-        for beside in (self._queued, self._logs, self._traces):
+        for beside in (self._entries, self._queued, self._logs, self._traces):
             beside.pop(run_id, None)
 
     async def prune(self, ended_before: float, statuses: tuple[str, ...]) -> int:

@@ -45,10 +45,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+import msgspec
 import outcome
 import trio
 
-from .. import _snapshot
+from .. import _journal
 from .._errors import RunNotFoundError, StorageError
 from .._logs import STORED_LOGS, LogEntry, NewLog, with_drop_marker
 from .._queues import QueueEntry, QueueLimits, QueuePlace, QueueStats
@@ -62,6 +63,7 @@ from ._base import (
     ScheduleState,
     Storage,
     StoredEvent,
+    Write,
     row_from_sql,
     workflow_filter,
 )
@@ -73,7 +75,9 @@ T = TypeVar("T")
 
 logger = logging.getLogger("trioflow")
 
-SCHEMA_VERSION = 2  # 2: versions, forks, events, queues, schedules, logs and traces
+# 2: versions, forks, events, queues, schedules, logs and traces; 3: the journal
+SCHEMA_VERSION = 3
+_NOT_ENDED = "status NOT IN ('success', 'failed', 'canceled')"
 CANCEL_CHANNEL = "trioflow_cancel"
 # Notified with the run id when an executor stops executing a run (ended or suspended).
 ENDED_CHANNEL = "trioflow_ended"
@@ -166,8 +170,33 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             tracestate TEXT
         )""",
     ),
+    # A run's snapshot column is its header from now on; a whole snapshot written
+    # before is a header that holds everything, and its journal starts empty.
+    3: (
+        """CREATE TABLE trioflow_entries (
+            run_id TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            data BYTEA NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        )""",
+    ),
 }
-_NOT_ENDED = "status NOT IN ('success', 'failed', 'canceled')"
+# A run with its journal, in one statement.
+_ROW_WITH_ENTRIES = (
+    f"SELECT {SQL_COLUMNS}, ARRAY(SELECT e.data FROM trioflow_entries e "
+    "WHERE e.run_id = r.run_id ORDER BY e.seq) FROM trioflow_runs r WHERE r.run_id = %s"
+)
+# One write of save_many: the compare-and-set on the run's row and its entries, in one
+# statement (so that a batch is one pipeline: no statement waits for another's answer).
+_WRITE = (
+    "WITH saved AS (UPDATE trioflow_runs SET status = %s, updated_at = %s, "
+    "owner = CASE WHEN %s THEN NULL ELSE owner END, "
+    "lease_until = CASE WHEN %s THEN NULL ELSE lease_until END "
+    f"WHERE run_id = %s AND owner = %s AND {_NOT_ENDED} RETURNING run_id), "
+    "added AS (INSERT INTO trioflow_entries (run_id, seq, data) "
+    "SELECT saved.run_id, e.seq, e.data FROM saved, "
+    "unnest(%s::bigint[], %s::bytea[]) AS e(seq, data)) "
+)
 # Deadlocks and serialization failures roll the transaction back: safe to run it again.
 _RETRIES = 3
 # Back-off between reconnection attempts, in real seconds: doubles from the first to the cap.
@@ -509,44 +538,21 @@ class PostgresStorage(Storage):
 
     async def load(self, run_id: str) -> RunRow:
         def work(conn: psycopg.Connection[Any]) -> RunRow:
-            values = conn.execute(
-                f"SELECT {SQL_COLUMNS} FROM trioflow_runs WHERE run_id = %s", (run_id,)
-            ).fetchone()
+            values = conn.execute(_ROW_WITH_ENTRIES, (run_id,)).fetchone()
             if values is None:
                 raise RunNotFoundError(run_id)
-            return row_from_sql(values)
+            return _row_with_entries(values)
 
         return await self._call(work, idempotent=True)
 
-    async def save(
-        self,
-        run_id: str,
-        status: RunStatus,
-        snapshot: bytes,
-        owner: str,
-        now: float,
-        *,
-        release: bool,
-    ) -> bool:
-        update = (
-            "UPDATE trioflow_runs SET status = %s, snapshot = %s, updated_at = %s, "
-            "owner = CASE WHEN %s THEN NULL ELSE owner END, "
-            "lease_until = CASE WHEN %s THEN NULL ELSE lease_until END "
-            f"WHERE run_id = %s AND owner = %s AND {_NOT_ENDED}"
-        )
-        params = (status, snapshot, now, release, release, run_id, owner)
+    async def save_many(self, writes: Sequence[Write], owner: str, now: float) -> list[bool]:
+        # In run id order, as renew locks them (see there).
+        order = sorted(range(len(writes)), key=lambda i: writes[i].run_id)
 
-        def work(conn: psycopg.Connection[Any]) -> bool:
-            if not release:
-                return conn.execute(update, params).rowcount == 1
-            # The run stops executing here: tell cancellers waiting elsewhere, in the
-            # same statement (delivered when it commits, only if the write won).
-            saved = conn.execute(
-                f"WITH saved AS ({update} RETURNING run_id) "
-                "SELECT pg_notify(%s, run_id) FROM saved",
-                (*params, ENDED_CHANNEL),
-            ).fetchall()
-            return len(saved) == 1
+        def work(conn: psycopg.Connection[Any]) -> list[bool]:
+            with conn.pipeline(), conn.transaction():
+                cursors = {i: _write(conn, writes[i], owner, now) for i in order}
+            return [cursors[i].fetchone() is not None for i in range(len(writes))]
 
         return await self._call(work)
 
@@ -559,16 +565,23 @@ class PostgresStorage(Storage):
         lease_until: float,
         *,
         workflow_version: str | None = None,
+        start: Write | None = None,
     ) -> RunRow | None:
         def work(conn: psycopg.Connection[Any]) -> RunRow | None:
-            values = conn.execute(
-                "UPDATE trioflow_runs SET owner = %s, lease_until = %s, "
-                "workflow_version = COALESCE(workflow_version, %s) WHERE run_id = %s "
-                "AND status = ANY(%s) AND (owner IS NULL OR lease_until < %s) "
-                f"RETURNING {SQL_COLUMNS}",
-                (owner, lease_until, workflow_version, run_id, list(statuses), now),
-            ).fetchone()
-            return None if values is None else row_from_sql(values)
+            with conn.transaction():
+                values = conn.execute(
+                    "UPDATE trioflow_runs SET owner = %s, lease_until = %s, "
+                    "workflow_version = COALESCE(workflow_version, %s) WHERE run_id = %s "
+                    "AND status = ANY(%s) AND (owner IS NULL OR lease_until < %s) "
+                    "RETURNING run_id",
+                    (owner, lease_until, workflow_version, run_id, list(statuses), now),
+                ).fetchone()
+                if values is None:
+                    return None
+                row = _row_with_entries(conn.execute(_ROW_WITH_ENTRIES, (run_id,)).fetchone())
+                if start is not None:
+                    _write(conn, start, owner, now)
+                return row
 
         return await self._call(work)
 
@@ -601,9 +614,13 @@ class PostgresStorage(Storage):
         return await self._call(work)
 
     async def renew(self, owner: str, run_ids: list[str], lease_until: float) -> None:
+        # Rows locked in run id order, as save_many locks them: two transactions that
+        # lock the same rows in different orders can deadlock.
         await self._call(
             lambda conn: conn.execute(
-                "UPDATE trioflow_runs SET lease_until = %s WHERE owner = %s AND run_id = ANY(%s)",
+                "UPDATE trioflow_runs SET lease_until = %s WHERE run_id IN (SELECT run_id "
+                "FROM trioflow_runs WHERE owner = %s AND run_id = ANY(%s) ORDER BY run_id "
+                "FOR UPDATE)",
                 (lease_until, owner, run_ids),
             ),
             idempotent=True,
@@ -659,13 +676,13 @@ class PostgresStorage(Storage):
                 return flagged[0]  # type: ignore[no-any-return]
             with conn.transaction():
                 values = conn.execute(
-                    "SELECT status, snapshot, owner, lease_until FROM trioflow_runs "
+                    "SELECT status, owner, lease_until FROM trioflow_runs "
                     "WHERE run_id = %s FOR UPDATE",
                     (run_id,),
                 ).fetchone()
                 if values is None:
                     raise RunNotFoundError(run_id)
-                status, data, owner, lease_until = values
+                status, owner, lease_until = values
                 if status in TERMINAL_STATUSES:
                     return status  # type: ignore[no-any-return]
                 if owner is not None and lease_until is not None and lease_until >= now:
@@ -677,12 +694,16 @@ class PostgresStorage(Storage):
                     # Delivered to the listeners when this transaction commits.
                     conn.execute("SELECT pg_notify(%s, %s)", (CANCEL_CHANNEL, run_id))
                     return status  # type: ignore[no-any-return]
-                snapshot = _snapshot.cancel_idle(_snapshot.decode(run_id, bytes(data)), reason, now)
                 conn.execute(
-                    "UPDATE trioflow_runs SET status = 'canceled', snapshot = %s, "
+                    "UPDATE trioflow_runs SET status = 'canceled', "
                     "cancel_requested = TRUE, cancel_reason = %s, owner = NULL, "
                     "lease_until = NULL, updated_at = %s WHERE run_id = %s",
-                    (_snapshot.encode(snapshot), reason, now, run_id),
+                    (reason, now, run_id),
+                )
+                conn.execute(
+                    "INSERT INTO trioflow_entries (run_id, seq, data) SELECT %s, "
+                    "COALESCE(MAX(seq), 0) + 1, %s FROM trioflow_entries WHERE run_id = %s",
+                    (run_id, _journal.canceled_idle(reason, now), run_id),
                 )
                 conn.execute("SELECT pg_notify(%s, %s)", (ENDED_CHANNEL, run_id))
                 return "canceled"
@@ -1112,6 +1133,25 @@ class PostgresStorage(Storage):
         for events in waiters.values():
             for event in events:
                 event.set()
+
+
+def _row_with_entries(values: Any) -> RunRow:
+    entries = tuple(bytes(data) for data in values[-1])
+    return msgspec.structs.replace(row_from_sql(values), entries=entries)
+
+
+def _write(conn: psycopg.Connection[Any], write: Write, owner: str, now: float) -> Any:
+    """Send one write of `save_many` (its cursor has a row if the write won). A run that
+    stops executing here tells the cancellers waiting elsewhere, in the same statement
+    (delivered when it commits, only if the write won)."""
+    seqs = list(range(write.first_seq, write.first_seq + len(write.entries)))
+    params: list[Any] = [write.status, now, write.release, write.release, write.run_id, owner]
+    params += [seqs, list(write.entries)]
+    if write.release:
+        return conn.execute(
+            _WRITE + "SELECT pg_notify(%s, run_id) FROM saved", (*params, ENDED_CHANNEL)
+        )
+    return conn.execute(_WRITE + "SELECT run_id FROM saved", params)
 
 
 def _query(conn: psycopg.Connection[Any]) -> _queue_sql.Query:

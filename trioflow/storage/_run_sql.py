@@ -12,7 +12,13 @@ from ._base import TERMINAL_STATUSES, StoredEvent
 from ._queue_sql import Query
 
 # Tables keyed by run id beside the runs table: a run's rows there go with the run.
-BESIDE_RUNS = ("trioflow_events", "trioflow_queued", "trioflow_logs", "trioflow_traces")
+BESIDE_RUNS = (
+    "trioflow_entries",
+    "trioflow_events",
+    "trioflow_queued",
+    "trioflow_logs",
+    "trioflow_traces",
+)
 _FINISHED = "status IN ('success', 'failed', 'canceled')"
 
 

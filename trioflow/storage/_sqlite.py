@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 from urllib.request import pathname2url
 
+import msgspec
 import trio
 
-from .. import _snapshot
+from .. import _journal
 from .._errors import RunNotFoundError, StorageError
 from .._logs import STORED_LOGS, LogEntry, NewLog, with_drop_marker
 from .._queues import QueueEntry, QueueLimits, QueuePlace, QueueStats
@@ -36,13 +37,15 @@ from ._base import (
     ScheduleState,
     Storage,
     StoredEvent,
+    Write,
     row_from_sql,
     workflow_filter,
 )
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3  # 2: the queued column; 3: workflow_version, forked_from, queues
+# 2: the queued column; 3: workflow_version, forked_from, queues; 4: the journal
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trioflow_runs (
     run_id TEXT PRIMARY KEY,
@@ -59,6 +62,12 @@ CREATE TABLE IF NOT EXISTS trioflow_runs (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS trioflow_entries (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS trioflow_events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL,
@@ -330,53 +339,34 @@ class SQLiteStorage(Storage):
             ).fetchone()
             if values is None:
                 raise RunNotFoundError(run_id)
-            return row_from_sql(values)
+            return _with_entries(conn, row_from_sql(values))
 
         return await self._call(work)
 
-    async def save(
-        self,
-        run_id: str,
-        status: RunStatus,
-        snapshot: bytes,
-        owner: str,
-        now: float,
-        *,
-        release: bool,
-    ) -> bool:
+    async def save_many(self, writes: Sequence[Write], owner: str, now: float) -> list[bool]:
         # Setting status or owner rewrites their index entries, which costs more than
-        # the snapshot itself. Most saves (one per step) change neither: while `owner`
+        # the rest of a write. Most writes (one per step) change neither: while `owner`
         # holds the run nobody else changes its status (a cancel only flags it, and a
-        # takeover changes the owner, which the compare-and-set below catches).
-        unchanged = not release and self._saved.get(run_id) == (owner, status)
+        # takeover changes the owner, which the compare-and-set catches).
+        unchanged = [
+            not w.release and self._saved.get(w.run_id) == (owner, w.status) for w in writes
+        ]
 
-        def work(conn: sqlite3.Connection) -> bool:
-            if unchanged:
-                cursor = conn.execute(
-                    "UPDATE trioflow_runs SET snapshot = ?, updated_at = ? "
-                    f"WHERE run_id = ? AND owner = ? AND {_NOT_ENDED}",
-                    (snapshot, now, run_id, owner),
-                )
-            elif not release:
-                cursor = conn.execute(
-                    "UPDATE trioflow_runs SET status = ?, snapshot = ?, updated_at = ? "
-                    f"WHERE run_id = ? AND owner = ? AND {_NOT_ENDED}",
-                    (status, snapshot, now, run_id, owner),
-                )
-            else:
-                cursor = conn.execute(
-                    "UPDATE trioflow_runs SET status = ?, snapshot = ?, updated_at = ?, "
-                    "owner = NULL, lease_until = NULL "
-                    f"WHERE run_id = ? AND owner = ? AND {_NOT_ENDED}",
-                    (status, snapshot, now, run_id, owner),
-                )
-            return cursor.rowcount == 1
+        def work(conn: sqlite3.Connection) -> list[bool]:
+            conn.execute("BEGIN IMMEDIATE")  # errors roll back in _call
+            saved = [
+                _apply(conn, write, owner, now, same)
+                for write, same in zip(writes, unchanged, strict=True)
+            ]
+            conn.execute("COMMIT")
+            return saved
 
         saved = await self._call(work)
-        if saved and not release:
-            self._saved[run_id] = (owner, status)
-        else:
-            self._saved.pop(run_id, None)
+        for write, ok in zip(writes, saved, strict=True):
+            if ok and not write.release:
+                self._saved[write.run_id] = (owner, write.status)
+            else:
+                self._saved.pop(write.run_id, None)
         return saved
 
     async def claim(
@@ -388,10 +378,12 @@ class SQLiteStorage(Storage):
         lease_until: float,
         *,
         workflow_version: str | None = None,
+        start: Write | None = None,
     ) -> RunRow | None:
         marks = ", ".join("?" * len(statuses))
 
         def work(conn: sqlite3.Connection) -> RunRow | None:
+            conn.execute("BEGIN IMMEDIATE")  # errors roll back in _call
             values = conn.execute(
                 "UPDATE trioflow_runs SET owner = ?, lease_until = ?, "
                 "workflow_version = COALESCE(workflow_version, ?) WHERE run_id = ? "
@@ -399,9 +391,16 @@ class SQLiteStorage(Storage):
                 f"RETURNING {SQL_COLUMNS}",
                 (owner, lease_until, workflow_version, run_id, *statuses, now),
             ).fetchone()
-            return None if values is None else row_from_sql(values)
+            row = None if values is None else _with_entries(conn, row_from_sql(values))
+            if row is not None and start is not None:
+                _apply(conn, start, owner, now, same=False)
+            conn.execute("COMMIT")
+            return row
 
-        return await self._call(work)
+        row = await self._call(work)
+        if row is not None and start is not None:
+            self._saved[run_id] = (owner, start.status)
+        return row
 
     async def claim_queued(
         self,
@@ -486,12 +485,12 @@ class SQLiteStorage(Storage):
         def work(conn: sqlite3.Connection) -> RunStatus:
             conn.execute("BEGIN IMMEDIATE")
             values = conn.execute(
-                "SELECT status, snapshot, owner, lease_until FROM trioflow_runs WHERE run_id = ?",
+                "SELECT status, owner, lease_until FROM trioflow_runs WHERE run_id = ?",
                 (run_id,),
             ).fetchone()
             if values is None:
                 raise RunNotFoundError(run_id)
-            status, data, owner, lease_until = values
+            status, owner, lease_until = values
             if status in TERMINAL_STATUSES:
                 conn.rollback()
                 return status  # type: ignore[no-any-return]
@@ -503,12 +502,16 @@ class SQLiteStorage(Storage):
                 )
                 conn.execute("COMMIT")
                 return status  # type: ignore[no-any-return]
-            snapshot = _snapshot.cancel_idle(_snapshot.decode(run_id, data), reason, now)
             conn.execute(
-                "UPDATE trioflow_runs SET status = 'canceled', snapshot = ?, cancel_requested = 1,"
+                "UPDATE trioflow_runs SET status = 'canceled', cancel_requested = 1,"
                 " cancel_reason = ?, owner = NULL, lease_until = NULL, updated_at = ? "
                 "WHERE run_id = ?",
-                (_snapshot.encode(snapshot), reason, now, run_id),
+                (reason, now, run_id),
+            )
+            conn.execute(
+                "INSERT INTO trioflow_entries (run_id, seq, data) SELECT ?, "
+                "COALESCE(MAX(seq), 0) + 1, ? FROM trioflow_entries WHERE run_id = ?",
+                (run_id, _journal.canceled_idle(reason, now), run_id),
             )
             conn.execute("COMMIT")
             return "canceled"
@@ -791,3 +794,43 @@ def _storage_error(path: str, exc: sqlite3.Error) -> StorageError:
     else:
         hint = "see the cause below"
     return StorageError(f"SQLite storage {path}: {text}; {hint}")
+
+
+def _with_entries(conn: sqlite3.Connection, row: RunRow) -> RunRow:
+    entries = conn.execute(
+        "SELECT data FROM trioflow_entries WHERE run_id = ? ORDER BY seq", (row.run_id,)
+    ).fetchall()
+    if not entries:
+        return row
+    return msgspec.structs.replace(row, entries=tuple(data for (data,) in entries))
+
+
+def _apply(conn: sqlite3.Connection, write: Write, owner: str, now: float, same: bool) -> bool:
+    """One write of `save_many`, inside its transaction: the compare-and-set on the run's
+    row, then its entries. `same`: the status stored is already `write.status`."""
+    if same:
+        cursor = conn.execute(
+            "UPDATE trioflow_runs SET updated_at = ? "
+            f"WHERE run_id = ? AND owner = ? AND {_NOT_ENDED}",
+            (now, write.run_id, owner),
+        )
+    elif not write.release:
+        cursor = conn.execute(
+            "UPDATE trioflow_runs SET status = ?, updated_at = ? "
+            f"WHERE run_id = ? AND owner = ? AND {_NOT_ENDED}",
+            (write.status, now, write.run_id, owner),
+        )
+    else:
+        cursor = conn.execute(
+            "UPDATE trioflow_runs SET status = ?, updated_at = ?, owner = NULL, lease_until = NULL "
+            f"WHERE run_id = ? AND owner = ? AND {_NOT_ENDED}",
+            (write.status, now, write.run_id, owner),
+        )
+    if cursor.rowcount != 1:
+        return False
+    if write.entries:
+        conn.executemany(
+            "INSERT INTO trioflow_entries (run_id, seq, data) VALUES (?, ?, ?)",
+            [(write.run_id, seq, data) for seq, data in enumerate(write.entries, write.first_seq)],
+        )
+    return True
