@@ -1294,11 +1294,12 @@ class CheckingStorage(trioflow.MemoryStorage):
                 await self.check(write.run_id)
         return saved
 
-    async def claim(self, run_id: str, *args: Any, start: Any = None, **kw: Any) -> Any:
-        row = await super().claim(run_id, *args, start=start, **kw)
-        if row is not None and start is not None:
-            await self.check(run_id)
-        return row
+    async def claim_many(self, claims: Any) -> Any:
+        rows = await super().claim_many(claims)
+        for claim, row in zip(claims, rows, strict=True):
+            if row is not None and claim.start is not None:
+                await self.check(claim.run_id)
+        return rows
 
     async def check(self, run_id: str) -> None:
         stored = trioflow._journal.of_row(await self.load(run_id))
@@ -1368,3 +1369,41 @@ async def test_events_reach_a_durable_run_from_any_engine(new_storage: NewStorag
         with pytest.raises(trioflow.ValidationError):  # validated where it is sent
             await (await other.get_run(pending.run_id)).send_event("go", {"ok": "maybe"})
     assert calls == [Answer(ok=True), Answer(ok=False)]
+
+
+async def test_result_waits_for_the_final_write_to_be_stored() -> None:
+    """A result() asked while the run's final write is under way is that write's
+    outcome once stored, not the outcome in memory before it is."""
+    entered, release = trio.Event(), trio.Event()
+
+    class SlowFinal(trioflow.MemoryStorage):
+        async def save_many(self, writes: Any, owner: str, now: float) -> list[bool]:
+            if any(write.release for write in writes):
+                entered.set()
+                await release.wait()
+            return await super().save_many(writes, owner, now)
+
+    async def step(ctx: trioflow.StepContext[Any]) -> Any:
+        return ctx.input_data
+
+    wf = trioflow.create_workflow(id="one").then(trioflow.create_step(id="s", execute=step))
+    storage = SlowFinal()
+    async with trioflow.open_engine(storage=storage, workflows=[wf.commit()]) as eng:
+        run = await eng.create_run("one", run_id="r")
+        await run.start_soon(1)
+        await entered.wait()
+        got: list[trioflow.RunResult] = []
+        async with trio.open_nursery() as nursery:
+
+            async def wait_result() -> None:
+                got.append(await run.result())
+
+            nursery.start_soon(wait_result)
+            await trio.sleep(0.05)
+            try:
+                assert got == []  # 'success' in memory, not stored yet
+                assert (await storage.load("r")).status == "running"
+            finally:
+                release.set()
+        assert got[0].status == "success"
+        assert (await storage.load("r")).status == "success"

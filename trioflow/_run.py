@@ -14,6 +14,7 @@ import logging
 import math
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -232,7 +233,9 @@ class Run:
     async def result(self) -> RunResult:
         """The result once the run stops executing (ended or suspended), wherever it
         executes. Cancelling this wait does not cancel the run."""
-        while self._executing:
+        # `_done` too: the execution's final write is under way after `_executing` is
+        # over, and its outcome is not the result until it is stored.
+        while self._executing or (self._done is not None and not self._done.is_set()):
             assert self._done is not None
             await self._done.wait()
         if self._engine is not None and self._status in ("pending", "running", "waiting"):
@@ -517,7 +520,7 @@ class Run:
         if live is not None:  # taken here meanwhile: SQLite does not tell us of our writes
             live._take_stored_events(await engine.storage.events_for(run_id=self.run_id))
 
-    def _take_stored_events(self, events: list[StoredEvent]) -> None:
+    def _take_stored_events(self, events: Sequence[StoredEvent]) -> None:
         """Queue the events sent through the storage that this run has not taken yet."""
         for event in events:
             if event.run_id != self.run_id or event.seq <= self._events_taken:
