@@ -175,10 +175,10 @@ class KillingStorage(trioflow.SQLiteStorage):
     async def save_many(self, *args: Any, **kwargs: Any) -> list[bool]:
         return await self._write(super().save_many, *args, **kwargs)  # type: ignore[no-any-return]
 
-    async def claim(self, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("start") is None:
-            return await super().claim(*args, **kwargs)
-        return await self._write(super().claim, *args, **kwargs)  # a run's start: a write
+    async def claim_many(self, claims: Any) -> Any:
+        if all(claim.start is None for claim in claims):
+            return await super().claim_many(claims)
+        return await self._write(super().claim_many, claims)  # a run's start: a write
 
     async def _write(self, write: Any, *args: Any, **kwargs: Any) -> Any:
         self.saves += 1

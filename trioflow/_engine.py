@@ -12,8 +12,9 @@ import datetime as dt
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -26,7 +27,7 @@ from ._queues import Queue, QueueEntry, QueueLimits, QueuePlace, check_queues
 from ._results import RunStatus
 from ._schedules import Schedule, check_schedules, serve_schedules
 from ._schema import convert
-from .storage import RunRow, RunSummary, ScheduleState, Storage, Write
+from .storage import Claim, NewRun, RunRow, RunSummary, ScheduleState, Storage, Write
 
 if TYPE_CHECKING:
     from ._logs import PendingLogs
@@ -68,7 +69,10 @@ class Engine:
         self._versions = index_versions(workflows)
         self.workflows = {id: list(known.values())[-1] for id, known in self._versions.items()}
         self.owner_id = uuid.uuid4().hex
-        self._commits = GroupCommit(storage, self.owner_id)
+        # Group commit (trioflow/_commits.py) of runs' creations, starts and writes.
+        self._inserts = GroupCommit(storage.insert_many)
+        self._claims = GroupCommit(storage.claim_many)
+        self._writes = GroupCommit(partial(_save_many, storage, self.owner_id))
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
         self._nursery = nursery
@@ -115,18 +119,15 @@ class Engine:
         run._engine = self
         run._track()
         snapshot = _snapshot.encode(run._to_snapshot())
-        try:
-            await self.storage.insert(
-                run.run_id,
-                run.workflow.id,
-                "pending",
-                snapshot,
-                wall_time(),
-                workflow_version=run.workflow.version,
-            )
-        except ValueError:
-            if run_id is None:
-                raise  # a fresh UUID4 collided: not a run the caller asked for again
+        new = NewRun(
+            run.run_id, run.workflow.id, "pending", snapshot, wall_time(),
+            workflow_version=run.workflow.version,
+        )  # fmt: skip
+        with trio.CancelScope(shield=True):  # a batch's leader finishes it
+            stored = await self._inserts(new)
+        if not stored:
+            if run_id is None:  # a fresh UUID4 collided: not a run the caller asked for again
+                raise ValueError(f"a run with id {run.run_id!r} is already stored")
             found = await self.storage.load(run_id)
             if found.workflow_id != run.workflow.id:
                 raise ValueError(
@@ -418,8 +419,8 @@ class Engine:
         if row is None:
             return False
         run._load_row(row)
-        self._add_live(run)  # before any await: renewed from now on, never "recovered" here
-        run._take_stored_events(await self.storage.events_for(run_id=run.run_id))
+        self._add_live(run)
+        run._take_stored_events(row.events)
         return True
 
     async def _claim_start(self, run: Run) -> bool:
@@ -436,22 +437,24 @@ class Engine:
         finally:
             run._status = "pending"
         now = wall_time()
-        row = await self.storage.claim(
-            run.run_id,
-            self.owner_id,
-            ("pending",),
-            now,
-            now + self.lease_seconds,
-            workflow_version=run.workflow.version,
-            start=Write(run.run_id, "running", entries, journal.seq + 1),
-        )
+        start = Write(run.run_id, "running", entries, journal.seq + 1)
+        claim = Claim(
+            run.run_id, self.owner_id, ("pending",), now, now + self.lease_seconds,
+            run.workflow.version, start,
+        )  # fmt: skip
+        with trio.CancelScope(shield=True):  # a batch's leader finishes it
+            try:
+                row = await self._claims(claim)
+            except BaseException:
+                journal.not_stored(run)
+                raise
         if row is None:
             journal.not_stored(run)
             return False
         journal.stored(len(entries))
         run._stored_status = "running"
-        self._add_live(run)  # before any await (see `_claim`)
-        run._take_stored_events(await self.storage.events_for(run_id=run.run_id))
+        self._add_live(run)
+        run._take_stored_events(row.events)
         return True
 
     def _add_live(self, run: Run) -> None:
@@ -569,7 +572,7 @@ class Engine:
                     await self._store_logs(run, run._logs)
                 write = Write(run.run_id, status, entries, journal.seq + 1, release)
                 try:
-                    saved = await self._commits.save(write)
+                    saved = await self._writes(write)
                 except BaseException:
                     journal.not_stored(run)
                     raise
@@ -787,7 +790,7 @@ class Engine:
             if row.cancel_requested:  # asked while its executor was dying
                 run._request_cancel(row.cancel_reason, cancel_scope=False)
             self._add_live(run)
-            run._take_stored_events(await self.storage.events_for(run_id=run_id))
+            run._take_stored_events(row.events)
             self._start_soon(run)
 
     async def _wait_idle(self) -> None:
@@ -1007,6 +1010,10 @@ async def open_engine(
                         logger.exception("could not release the leases of this engine")
         if body_error is not None:
             raise body_error
+
+
+async def _save_many(storage: Storage, owner: str, writes: Sequence[Write]) -> list[bool]:
+    return await storage.save_many(writes, owner, wall_time())
 
 
 def index_versions(workflows: Iterable[Workflow]) -> dict[str, dict[str, Workflow]]:

@@ -1,5 +1,7 @@
 """Where durable runs live: the `Storage` interface and its backends."""
 
+from ._base import Claim as Claim
+from ._base import NewRun as NewRun
 from ._base import RunRow as RunRow
 from ._base import RunSummary as RunSummary
 from ._base import ScheduleState as ScheduleState
@@ -11,7 +13,9 @@ from ._postgres import PostgresStorage as PostgresStorage
 from ._sqlite import SQLiteStorage as SQLiteStorage
 
 __all__ = [
+    "Claim",
     "MemoryStorage",
+    "NewRun",
     "PostgresStorage",
     "RunRow",
     "RunSummary",

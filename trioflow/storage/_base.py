@@ -39,6 +39,15 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
     lease_until: float | None = None
 
 
+class StoredEvent(msgspec.Struct, frozen=True):
+    """An event sent to a run through the storage: `data` is its JSON."""
+
+    run_id: str
+    seq: int
+    name: str
+    data: bytes
+
+
 class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     """A stored run: its header (`snapshot`), its journal (`entries`, the entry
     numbered ``i + 1`` at index ``i``) and its executor's lease. `_journal.fold` makes
@@ -58,6 +67,33 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     workflow_version: str | None = None
     forked_from: str | None = None
     entries: tuple[bytes, ...] = ()
+    #: The events stored for the run, oldest first (rows of `Storage.claim` only).
+    events: tuple[StoredEvent, ...] = ()
+
+
+class NewRun(NamedTuple):
+    """A run to store, for `Storage.insert_many` (the arguments of `Storage.insert`)."""
+
+    run_id: str
+    workflow_id: str
+    status: RunStatus
+    snapshot: bytes
+    now: float
+    queued: bool = False
+    workflow_version: str | None = None
+    forked_from: str | None = None
+
+
+class Claim(NamedTuple):
+    """A claim, for `Storage.claim_many` (the arguments of `Storage.claim`)."""
+
+    run_id: str
+    owner: str
+    statuses: tuple[str, ...]
+    now: float
+    lease_until: float
+    workflow_version: str | None = None
+    start: Write | None = None
 
 
 class Write(NamedTuple):
@@ -69,15 +105,6 @@ class Write(NamedTuple):
     entries: Sequence[bytes] = ()
     first_seq: int = 1
     release: bool = False
-
-
-class StoredEvent(msgspec.Struct, frozen=True):
-    """An event sent to a run through the storage: `data` is its JSON."""
-
-    run_id: str
-    seq: int
-    name: str
-    data: bytes
 
 
 class ScheduleState(msgspec.Struct, frozen=True, kw_only=True):
@@ -229,9 +256,34 @@ class Storage(abc.ABC):
         start: Write | None = None,
     ) -> RunRow | None:
         """Take the run for `owner` if its status is in `statuses` and nobody holds a
-        live lease on it; the row as taken (with its entries), or None. A run stored
+        live lease on it; the row as taken (with its entries and events), or None. A run stored
         before versions existed takes `workflow_version`. With `start`, the same
         transaction then applies that write (a run's start: its status and input)."""
+
+    async def insert_many(self, runs: Sequence[NewRun]) -> list[bool]:
+        """`insert` each run, in one transaction where the backend can; per run, False
+        if its id was taken (nothing stored for it)."""
+        stored = []
+        for run in runs:
+            try:
+                await self.insert(
+                    *run[:5],
+                    queued=run.queued,
+                    workflow_version=run.workflow_version,
+                    forked_from=run.forked_from,
+                )
+            except ValueError:
+                stored.append(False)
+            else:
+                stored.append(True)
+        return stored
+
+    async def claim_many(self, claims: Sequence[Claim]) -> list[RunRow | None]:
+        """`claim` each, in one transaction where the backend can."""
+        return [
+            await self.claim(*claim[:5], workflow_version=claim.workflow_version, start=claim.start)
+            for claim in claims
+        ]
 
     @abc.abstractmethod
     async def claim_queued(

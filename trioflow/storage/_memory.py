@@ -151,7 +151,8 @@ class MemoryStorage(Storage):
         version = row.workflow_version or workflow_version
         row = _replace(row, owner=owner, lease_until=lease_until, workflow_version=version)
         self._put(row)
-        taken = self._with_entries(row)
+        events = tuple(event for event in self._events if event.run_id == run_id)
+        taken = _replace(self._with_entries(row), events=events)
         if start is not None:
             self._apply(start, owner, now)
         return taken

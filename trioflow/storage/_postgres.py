@@ -58,6 +58,8 @@ from . import _queue_sql, _run_sql
 from ._base import (
     SQL_COLUMNS,
     TERMINAL_STATUSES,
+    Claim,
+    NewRun,
     RunRow,
     RunSummary,
     ScheduleState,
@@ -186,16 +188,61 @@ _ROW_WITH_ENTRIES = (
     f"SELECT {SQL_COLUMNS}, ARRAY(SELECT e.data FROM trioflow_entries e "
     "WHERE e.run_id = r.run_id ORDER BY e.seq) FROM trioflow_runs r WHERE r.run_id = %s"
 )
-# One write of save_many: the compare-and-set on the run's row and its entries, in one
-# statement (so that a batch is one pipeline: no statement waits for another's answer).
-_WRITE = (
-    "WITH saved AS (UPDATE trioflow_runs SET status = %s, updated_at = %s, "
-    "owner = CASE WHEN %s THEN NULL ELSE owner END, "
-    "lease_until = CASE WHEN %s THEN NULL ELSE lease_until END "
-    f"WHERE run_id = %s AND owner = %s AND {_NOT_ENDED} RETURNING run_id), "
-    "added AS (INSERT INTO trioflow_entries (run_id, seq, data) "
-    "SELECT saved.run_id, e.seq, e.data FROM saved, "
-    "unnest(%s::bigint[], %s::bytea[]) AS e(seq, data)) "
+# New runs, each unless its id is taken: the ids stored.
+_INSERT = (
+    "INSERT INTO trioflow_runs (run_id, workflow_id, status, snapshot, created_at, "
+    "queued, workflow_version, forked_from, updated_at) SELECT *, created_at FROM "
+    "unnest(%s::text[], %s::text[], %s::text[], %s::bytea[], %s::float8[], %s::boolean[], "
+    "%s::text[], %s::text[]) AS n(run_id, workflow_id, status, snapshot, created_at, queued, "
+    "workflow_version, forked_from) ON CONFLICT (run_id) DO NOTHING RETURNING run_id"
+)
+# Claims, each with its start (a new status and entries) if given, in one statement:
+# under load each answer waits for this process's GIL, so round trips are dear. Rows are
+# locked in run id order (see _SAVE_MANY). The rows as claimed, with the entries they
+# had before the start's and their events.
+_CLAIM_MANY = (
+    "WITH c AS (SELECT * FROM unnest(%(run_ids)s::text[], %(owners)s::text[], "
+    "%(leases)s::float8[], %(versions)s::text[], %(allowed)s::text[], %(nows)s::float8[], "
+    "%(starts)s::text[]) AS c(run_id, owner, lease_until, version, allowed, now, start)), "
+    "locked AS (SELECT r.run_id FROM trioflow_runs r JOIN c ON c.run_id = r.run_id "
+    "WHERE r.status = ANY(string_to_array(c.allowed, ',')) "
+    "AND (r.owner IS NULL OR r.lease_until < c.now) ORDER BY r.run_id FOR UPDATE OF r), "
+    "claimed AS (UPDATE trioflow_runs r SET owner = c.owner, lease_until = c.lease_until, "
+    "workflow_version = COALESCE(r.workflow_version, c.version), "
+    "status = COALESCE(c.start, r.status), "
+    "updated_at = CASE WHEN c.start IS NULL THEN r.updated_at ELSE c.now END "
+    "FROM c WHERE r.run_id = c.run_id AND r.run_id IN (SELECT run_id FROM locked) "
+    f"RETURNING {_queue_sql.RUN_COLUMNS}), "
+    "added AS (INSERT INTO trioflow_entries (run_id, seq, data) SELECT e.run_id, e.seq, e.data "
+    "FROM unnest(%(entry_runs)s::text[], %(seqs)s::bigint[], %(entries)s::bytea[]) "
+    "AS e(run_id, seq, data) WHERE e.run_id IN (SELECT run_id FROM claimed)) "
+    f"SELECT {SQL_COLUMNS}, "
+    "ARRAY(SELECT e.data FROM trioflow_entries e WHERE e.run_id = claimed.run_id ORDER BY e.seq), "
+    "ARRAY(SELECT v.seq FROM trioflow_events v WHERE v.run_id = claimed.run_id ORDER BY v.seq), "
+    "ARRAY(SELECT v.name FROM trioflow_events v WHERE v.run_id = claimed.run_id ORDER BY v.seq), "
+    "ARRAY(SELECT v.data FROM trioflow_events v WHERE v.run_id = claimed.run_id ORDER BY v.seq) "
+    "FROM claimed"
+)
+# The writes of save_many, in one statement: the compare-and-set on each run's row (rows
+# locked in run id order, as renew locks them: two transactions that lock the same rows
+# in different orders can deadlock), the entries of the runs whose write won, and for
+# the runs that stop executing here, a notification to cancellers waiting elsewhere
+# (delivered when the statement commits).
+_SAVE_MANY = (
+    "WITH w AS (SELECT * FROM unnest(%(run_ids)s::text[], %(statuses)s::text[], "
+    "%(releases)s::boolean[]) AS w(run_id, status, release)), "
+    "locked AS (SELECT r.run_id FROM trioflow_runs r JOIN w ON w.run_id = r.run_id "
+    f"WHERE r.owner = %(owner)s AND r.{_NOT_ENDED} ORDER BY r.run_id FOR UPDATE OF r), "
+    "saved AS (UPDATE trioflow_runs r SET status = w.status, updated_at = %(now)s, "
+    "owner = CASE WHEN w.release THEN NULL ELSE r.owner END, "
+    "lease_until = CASE WHEN w.release THEN NULL ELSE r.lease_until END "
+    "FROM w WHERE r.run_id = w.run_id AND r.run_id IN (SELECT run_id FROM locked) "
+    "RETURNING r.run_id, w.release), "
+    "added AS (INSERT INTO trioflow_entries (run_id, seq, data) SELECT e.run_id, e.seq, e.data "
+    "FROM unnest(%(entry_runs)s::text[], %(seqs)s::bigint[], %(entries)s::bytea[]) "
+    "AS e(run_id, seq, data) WHERE e.run_id IN (SELECT run_id FROM saved)), "
+    "notified AS (SELECT pg_notify(%(channel)s, run_id) FROM saved WHERE release) "
+    "SELECT run_id FROM saved WHERE (SELECT count(*) FROM notified) >= 0"
 )
 # Deadlocks and serialization failures roll the transaction back: safe to run it again.
 _RETRIES = 3
@@ -518,23 +565,24 @@ class PostgresStorage(Storage):
         workflow_version: str | None = None,
         forked_from: str | None = None,
     ) -> None:
-        errors = _psycopg().errors
-        values = (run_id, workflow_id, status, snapshot, queued, now, now)
+        run = NewRun(
+            run_id, workflow_id, status, snapshot, now, queued, workflow_version, forked_from
+        )
+        if not (await self.insert_many([run]))[0]:
+            raise ValueError(f"a run with id {run_id!r} is already stored; pick another run_id")
 
-        def work(conn: psycopg.Connection[Any]) -> None:
-            try:
-                conn.execute(
-                    "INSERT INTO trioflow_runs (run_id, workflow_id, status, snapshot, queued, "
-                    "created_at, updated_at, workflow_version, forked_from) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (*values, workflow_version, forked_from),
-                )
-            except errors.UniqueViolation:
-                raise ValueError(
-                    f"a run with id {run_id!r} is already stored; pick another run_id"
-                ) from None
+    async def insert_many(self, runs: Sequence[NewRun]) -> list[bool]:
+        columns = [list(column) for column in zip(*runs, strict=True)]
 
-        await self._call(work)
+        def work(conn: psycopg.Connection[Any]) -> list[bool]:
+            ids = {run_id for (run_id,) in conn.execute(_INSERT, columns).fetchall()}
+            stored = []
+            for run in runs:  # the first of two runs with one id in a batch is the one stored
+                stored.append(run.run_id in ids)
+                ids.discard(run.run_id)
+            return stored
+
+        return await self._call(work)
 
     async def load(self, run_id: str) -> RunRow:
         def work(conn: psycopg.Connection[Any]) -> RunRow:
@@ -546,13 +594,26 @@ class PostgresStorage(Storage):
         return await self._call(work, idempotent=True)
 
     async def save_many(self, writes: Sequence[Write], owner: str, now: float) -> list[bool]:
-        # In run id order, as renew locks them (see there).
-        order = sorted(range(len(writes)), key=lambda i: writes[i].run_id)
+        entries = [
+            (write.run_id, seq, data)
+            for write in writes
+            for seq, data in enumerate(write.entries, write.first_seq)
+        ]
+        params = {
+            "run_ids": [write.run_id for write in writes],
+            "statuses": [write.status for write in writes],
+            "releases": [write.release for write in writes],
+            "now": now,
+            "owner": owner,
+            "entry_runs": [run_id for run_id, _, _ in entries],
+            "seqs": [seq for _, seq, _ in entries],
+            "entries": [data for _, _, data in entries],
+            "channel": ENDED_CHANNEL,
+        }
 
         def work(conn: psycopg.Connection[Any]) -> list[bool]:
-            with conn.pipeline(), conn.transaction():
-                cursors = {i: _write(conn, writes[i], owner, now) for i in order}
-            return [cursors[i].fetchone() is not None for i in range(len(writes))]
+            saved = {run_id for (run_id,) in conn.execute(_SAVE_MANY, params).fetchall()}
+            return [write.run_id in saved for write in writes]
 
         return await self._call(work)
 
@@ -567,21 +628,43 @@ class PostgresStorage(Storage):
         workflow_version: str | None = None,
         start: Write | None = None,
     ) -> RunRow | None:
-        def work(conn: psycopg.Connection[Any]) -> RunRow | None:
-            with conn.transaction():
-                values = conn.execute(
-                    "UPDATE trioflow_runs SET owner = %s, lease_until = %s, "
-                    "workflow_version = COALESCE(workflow_version, %s) WHERE run_id = %s "
-                    "AND status = ANY(%s) AND (owner IS NULL OR lease_until < %s) "
-                    "RETURNING run_id",
-                    (owner, lease_until, workflow_version, run_id, list(statuses), now),
-                ).fetchone()
-                if values is None:
-                    return None
-                row = _row_with_entries(conn.execute(_ROW_WITH_ENTRIES, (run_id,)).fetchone())
-                if start is not None:
-                    _write(conn, start, owner, now)
-                return row
+        claim = Claim(run_id, owner, statuses, now, lease_until, workflow_version, start)
+        return (await self.claim_many([claim]))[0]
+
+    async def claim_many(self, claims: Sequence[Claim]) -> list[RunRow | None]:
+        # A run claimed twice in one batch (two starts of one handle's run): the first
+        # claim is the one made, the others lose.
+        first: dict[str, Claim] = {}
+        for claim in claims:
+            first.setdefault(claim.run_id, claim)
+        made = list(first.values())
+        starts = [(c.run_id, c.start) for c in made if c.start is not None]
+        entries = [
+            (run_id, seq, data)
+            for run_id, start in starts
+            for seq, data in enumerate(start.entries, start.first_seq)
+        ]
+        params = {
+            "run_ids": [c.run_id for c in made],
+            "owners": [c.owner for c in made],
+            "leases": [c.lease_until for c in made],
+            "versions": [c.workflow_version for c in made],
+            "allowed": [",".join(c.statuses) for c in made],
+            "nows": [c.now for c in made],
+            "starts": [None if c.start is None else c.start.status for c in made],
+            "entry_runs": [run_id for run_id, _, _ in entries],
+            "seqs": [seq for _, seq, _ in entries],
+            "entries": [data for _, _, data in entries],
+        }
+
+        def work(conn: psycopg.Connection[Any]) -> list[RunRow | None]:
+            rows = {}
+            for values in conn.execute(_CLAIM_MANY, params).fetchall():
+                row = _claimed(values)
+                rows[row.run_id] = row
+            return [
+                rows.get(claim.run_id) if first[claim.run_id] is claim else None for claim in claims
+            ]
 
         return await self._call(work)
 
@@ -1135,23 +1218,20 @@ class PostgresStorage(Storage):
                 event.set()
 
 
+def _claimed(values: Any) -> RunRow:
+    """A row of `_CLAIM_MANY`'s answer."""
+    *columns, seqs, names, datas = values
+    run_id = columns[0]
+    events = [
+        StoredEvent(run_id, seq, name, bytes(data))
+        for seq, name, data in zip(seqs, names, datas, strict=True)
+    ]
+    return msgspec.structs.replace(_row_with_entries(columns), events=tuple(events))
+
+
 def _row_with_entries(values: Any) -> RunRow:
     entries = tuple(bytes(data) for data in values[-1])
     return msgspec.structs.replace(row_from_sql(values), entries=entries)
-
-
-def _write(conn: psycopg.Connection[Any], write: Write, owner: str, now: float) -> Any:
-    """Send one write of `save_many` (its cursor has a row if the write won). A run that
-    stops executing here tells the cancellers waiting elsewhere, in the same statement
-    (delivered when it commits, only if the write won)."""
-    seqs = list(range(write.first_seq, write.first_seq + len(write.entries)))
-    params: list[Any] = [write.status, now, write.release, write.release, write.run_id, owner]
-    params += [seqs, list(write.entries)]
-    if write.release:
-        return conn.execute(
-            _WRITE + "SELECT pg_notify(%s, run_id) FROM saved", (*params, ENDED_CHANNEL)
-        )
-    return conn.execute(_WRITE + "SELECT run_id FROM saved", params)
 
 
 def _query(conn: psycopg.Connection[Any]) -> _queue_sql.Query:
