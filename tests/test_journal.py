@@ -1,0 +1,277 @@
+"""The journal's promises (commit 9377ff9): a run is a header and entries each written
+once, a durable N-step chain costs N+1 writes, a step's start is visible to other
+processes while it runs, the writes of concurrent runs share transactions (a failed or
+lost one hurting only its own runs), and a SIGKILL during such a shared transaction
+loses nothing that was acknowledged.
+
+Writes are counted as the storage sees them: each `Write` of a `save_many` batch, and
+each claim that stores a run's start (``claim(start=...)``). Sizes are read from the
+SQLite tables themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from pg_server import StorageFactory
+
+import trioflow
+from trioflow.storage import Storage, Write
+
+MB = 1_000_000
+
+
+class Writes:
+    """What a storage was asked to write: the batches of `save_many` (their sizes and
+    writes) and the claims that stored a run's start."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Write]] = []
+        self.starts: list[str] = []
+
+    @property
+    def items(self) -> int:
+        """Writes of runs: each write of a batch, and each start stored by a claim."""
+        return sum(len(batch) for batch in self.batches) + len(self.starts)
+
+    def of(self, run_id: str) -> int:
+        return sum(w.run_id == run_id for batch in self.batches for w in batch) + (
+            self.starts.count(run_id)
+        )
+
+
+def count_writes(
+    storage: Storage, before: Callable[[Sequence[Write]], None] | None = None
+) -> Writes:
+    """Note every write `storage` is asked for (`before` sees a batch before it goes)."""
+    seen = Writes()
+    save_many, claim = storage.save_many, storage.claim
+
+    async def counting_save_many(writes: Sequence[Write], owner: str, now: float) -> list[bool]:
+        seen.batches.append(list(writes))
+        if before is not None:
+            before(writes)
+        return await save_many(writes, owner, now)
+
+    async def counting_claim(run_id: str, *args: Any, **kwargs: Any) -> Any:
+        row = await claim(run_id, *args, **kwargs)
+        if row is not None and kwargs.get("start") is not None:
+            seen.starts.append(run_id)
+        return row
+
+    storage.save_many = counting_save_many  # type: ignore[method-assign]
+    storage.claim = counting_claim  # type: ignore[method-assign]
+    return seen
+
+
+def suffix_step(step_id: str) -> trioflow.Step[Any, Any]:
+    async def execute(ctx: trioflow.StepContext[Any]) -> Any:
+        return f"{ctx.input_data}+{step_id}"
+
+    return trioflow.create_step(id=step_id, execute=execute)
+
+
+def chain(workflow_id: str, steps: Sequence[trioflow.Step[Any, Any]]) -> trioflow.Workflow:
+    workflow = trioflow.create_workflow(id=workflow_id)
+    for step in steps:
+        workflow.then(step)
+    return workflow.commit()
+
+
+def stored_bytes(db: Path, run_id: str) -> int:
+    """The bytes stored for the run: its header and all its journal entries."""
+    with sqlite3.connect(db) as conn:
+        (header,) = conn.execute(
+            "SELECT length(CAST(snapshot AS BLOB)) FROM trioflow_runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        (entries,) = conn.execute(
+            "SELECT COALESCE(SUM(length(CAST(data AS BLOB))), 0) FROM trioflow_entries "
+            "WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+    conn.close()
+    return int(header) + int(entries)
+
+
+# -- N+1 writes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [3, 10])
+async def test_an_n_step_chain_makes_n_plus_1_writes(
+    storage_factory: StorageFactory, n: int
+) -> None:
+    """After `create_run`: the start (claimed with its input), one write before each
+    next step (the previous step's end and this step's start), and the final write."""
+    storage = storage_factory()
+    steps = [suffix_step(f"s{i}") for i in range(1, n + 1)]
+    async with trioflow.open_engine(storage=storage, workflows=[chain("chain", steps)]) as engine:
+        run = await engine.create_run("chain", run_id="r1")
+        writes = count_writes(storage)
+        with trio.fail_after(20):
+            result = await run.start("x")
+    assert (result.status, result.result) == (
+        "success",
+        "x" + "".join(f"+s{i}" for i in range(1, n + 1)),
+    )
+    assert writes.starts == ["r1"]
+    assert writes.items == n + 1
+    assert writes.of("r1") == n + 1
+
+
+# -- each value written once ----------------------------------------------------------------
+
+
+def size_step(step_id: str) -> trioflow.Step[Any, Any]:
+    async def execute(ctx: trioflow.StepContext[Any]) -> Any:
+        return f"{step_id}:{len(ctx.input_data)}"
+
+    return trioflow.create_step(id=step_id, execute=execute)
+
+
+def pass_step(step_id: str) -> trioflow.Step[Any, Any]:
+    async def execute(ctx: trioflow.StepContext[Any]) -> Any:
+        return ctx.input_data
+
+    return trioflow.create_step(id=step_id, execute=execute)
+
+
+SHRINKING = chain("shrinking", [size_step("s1"), size_step("s2"), size_step("s3")])
+PASSING = chain("passing", [pass_step(f"p{i}") for i in range(1, 6)])
+
+
+async def run_to_end(db: Path, workflow_id: str, data: Any) -> trioflow.RunResult:
+    async with trioflow.open_engine(
+        storage=trioflow.SQLiteStorage(db), workflows=[SHRINKING, PASSING]
+    ) as engine:
+        run = await engine.create_run(workflow_id, run_id="r1")
+        with trio.fail_after(20):
+            return await run.start(data)
+
+
+async def as_stored(db: Path) -> trioflow.RunResult:
+    """The run as a new engine on the file reads it."""
+    async with trioflow.open_engine(
+        storage=trioflow.SQLiteStorage(db), workflows=[SHRINKING, PASSING]
+    ) as engine:
+        return (await engine.get_run("r1")).result_nowait()
+
+
+def steps_seen(result: trioflow.RunResult) -> dict[str, tuple[str, Any, Any]]:
+    return {path: (r.status, r.payload, r.output) for path, r in result.steps.items()}
+
+
+async def test_a_big_input_is_written_once_when_steps_return_small_values(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    big = "x" * MB
+    result = await run_to_end(db, "shrinking", big)
+    assert (result.status, result.result) == ("success", "s3:5")
+    assert stored_bytes(db, "r1") < 1.1 * MB
+    # The payload of s1 is stored as a reference to the input, and read back as it.
+    stored = await as_stored(db)
+    assert (stored.status, stored.result) == ("success", "s3:5")
+    assert steps_seen(stored) == {
+        "s1": ("success", big, f"s1:{MB}"),
+        "s2": ("success", f"s1:{MB}", "s2:10"),
+        "s3": ("success", "s2:10", "s3:5"),
+    }
+    assert steps_seen(stored) == steps_seen(result)
+
+
+async def test_a_big_input_passed_through_five_steps_is_written_once(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    big = "y" * MB
+    result = await run_to_end(db, "passing", big)
+    assert (result.status, result.result) == ("success", big)
+    # Each step's payload and output, and the result, are all the same 1 MB value.
+    assert stored_bytes(db, "r1") < 1.1 * MB
+    stored = await as_stored(db)
+    assert (stored.status, stored.result) == ("success", big)
+    assert steps_seen(stored) == {f"p{i}": ("success", big, big) for i in range(1, 6)}
+
+
+# -- a step's start is visible from another process -------------------------------------------
+
+
+async def test_a_running_step_is_seen_running_by_another_engine_and_runs_watch(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "runs.db"
+    release = trio.Event()
+    blocked = trio.Event()
+
+    async def wait(ctx: trioflow.StepContext[Any]) -> Any:
+        blocked.set()
+        await release.wait()
+        return f"{ctx.input_data}+s2"
+
+    workflow = chain(
+        "blocking",
+        [suffix_step("s1"), trioflow.create_step(id="s2", execute=wait), suffix_step("s3")],
+    )
+    async with trioflow.open_engine(
+        storage=trioflow.SQLiteStorage(db), workflows=[workflow]
+    ) as engine:
+        run = await engine.create_run("blocking", run_id="r1")
+        await run.start_soon("x")
+        with trio.fail_after(20):
+            await blocked.wait()
+            # Another engine with its own connection, as another process would.
+            async with trioflow.open_engine(
+                storage=trioflow.SQLiteStorage(db), workflows=[workflow]
+            ) as other:
+                seen = (await other.get_run("r1")).result_nowait()
+            assert seen.status == "running"
+            assert {path: r.status for path, r in seen.steps.items()} == {
+                "s1": "success",
+                "s2": "running",
+            }
+            assert seen.steps["s2"].payload == "x+s1"
+            assert seen.steps["s2"].started_at is not None
+
+            # And `trioflow runs watch` in another process shows it, then the end.
+            watcher = await trio.lowlevel.open_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "trioflow",
+                    "--db",
+                    str(db),
+                    "runs",
+                    "watch",
+                    "r1",
+                    "--json",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            try:
+                assert watcher.stdout is not None
+                out = b""
+                while b'"step_id":"s2"' not in out:
+                    chunk = await watcher.stdout.receive_some()
+                    assert chunk, out
+                    out += chunk
+                lines = [json.loads(line) for line in out.decode().splitlines() if line]
+                statuses = {
+                    line["step_id"]: line["status"] for line in lines if line["type"] == "step"
+                }
+                assert statuses == {"s1": "success", "s2": "running"}
+                release.set()
+                result = await run.result()
+                while chunk := await watcher.stdout.receive_some():
+                    out += chunk
+                assert await watcher.wait() == 0
+            finally:
+                if watcher.returncode is None:
+                    watcher.kill()
+    assert (result.status, result.result) == ("success", "x+s1+s2+s3")
+    last = json.loads(out.decode().splitlines()[-1])
+    assert (last["type"], last["status"]) == ("run-summary", "success")
