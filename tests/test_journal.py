@@ -12,15 +12,18 @@ SQLite tables themselves.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from faulty_storage import FaultyStorage
 from pg_server import StorageFactory
 
 import trioflow
@@ -275,3 +278,97 @@ async def test_a_running_step_is_seen_running_by_another_engine_and_runs_watch(
     assert (result.status, result.result) == ("success", "x+s1+s2+s3")
     last = json.loads(out.decode().splitlines()[-1])
     assert (last["type"], last["status"]) == ("run-summary", "success")
+
+
+# -- group commit ---------------------------------------------------------------------------
+
+
+def counted_chain(workflow_id: str, calls: Counter[tuple[str, str]]) -> trioflow.Workflow:
+    """Three steps that count their executions by (run id, step)."""
+
+    def counted(step_id: str) -> trioflow.Step[Any, Any]:
+        async def execute(ctx: trioflow.StepContext[Any]) -> Any:
+            calls[ctx.run_id, step_id] += 1
+            await trio.lowlevel.checkpoint()
+            return f"{ctx.input_data}+{step_id}"
+
+        return trioflow.create_step(id=step_id, execute=execute)
+
+    return chain(workflow_id, [counted("s1"), counted("s2"), counted("s3")])
+
+
+def ended_in(write: Write) -> list[str]:
+    """The steps whose success a write records."""
+    entries = [json.loads(data) for data in write.entries]
+    return [e["path"] for e in entries if e["kind"] == "step" and e["status"] == "success"]
+
+
+RUNS = [f"r{i:02}" for i in range(50)]
+
+
+async def test_concurrent_runs_share_transactions(tmp_path: Path) -> None:
+    calls: Counter[tuple[str, str]] = Counter()
+    storage = trioflow.SQLiteStorage(tmp_path / "runs.db")
+    async with trioflow.open_engine(
+        storage=storage, workflows=[counted_chain("three", calls)]
+    ) as engine:
+        runs = [await engine.create_run("three", run_id=run_id) for run_id in RUNS]
+        writes = count_writes(storage)
+        async with trio.open_nursery() as starting:  # at once: their claims overlap too
+            for run in runs:
+                starting.start_soon(run.start_soon, run.run_id)
+        with trio.fail_after(20):
+            results = [await run.result() for run in runs]
+    assert [(r.status, r.result) for r in results] == [
+        ("success", f"{run_id}+s1+s2+s3") for run_id in RUNS
+    ]
+    assert calls == {(run_id, step): 1 for run_id in RUNS for step in ("s1", "s2", "s3")}
+    in_batches = sum(len(batch) for batch in writes.batches)
+    assert in_batches == 3 * len(RUNS)  # s1's end, s2's end, the final write
+    assert len(writes.batches) < 0.8 * in_batches, [len(batch) for batch in writes.batches]
+
+
+async def test_a_failed_batch_fails_only_its_runs_and_they_recover(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: Counter[tuple[str, str]] = Counter()
+    storage = FaultyStorage(trioflow.SQLiteStorage(tmp_path / "runs.db"))
+    failed: list[Write] = []
+
+    def choose(batch: Sequence[Write]) -> None:
+        """Fail, once, the 20th batch or the first after it that holds several writes:
+        the rule matches one write of it (of the chosen run), so the whole batch fails."""
+        if not failed and len(writes.batches) >= 20 and len(batch) > 1:
+            failed.extend(batch)
+            chosen = batch[len(batch) // 2].run_id
+            storage.fail("save", times=1, when=lambda run_id, *args, **kw: run_id == chosen)
+
+    async with trioflow.open_engine(
+        storage=storage,
+        workflows=[counted_chain("three", calls)],
+        lease_seconds=1,
+        poll_interval=0.05,
+    ) as engine:
+        runs = [await engine.create_run("three", run_id=run_id) for run_id in RUNS]
+        writes = count_writes(storage, before=choose)
+        with caplog.at_level(logging.ERROR, logger="trioflow"):
+            for run in runs:  # one after the other: the batches are small
+                await run.start_soon(run.run_id)
+            with trio.fail_after(20):
+                results = [await (await engine.get_run(run_id)).result() for run_id in RUNS]
+    assert [(r.status, r.result) for r in results] == [
+        ("success", f"{run_id}+s1+s2+s3") for run_id in RUNS
+    ]
+    assert len(storage.failed) == 1
+    assert 1 < len(failed) < len(RUNS) / 2, failed
+    lost = {w.run_id: ended_in(w) for w in failed}
+    assert all(len(steps) == 1 for steps in lost.values()), lost
+    # Only the runs of the failed batch stopped (and were parked for recovery).
+    stopped = {r.args[0] for r in caplog.records if "stays as last stored" in r.getMessage()}
+    assert stopped == set(lost)
+    # Each step ran once, but the one whose end was in the failed write: it ran again.
+    assert calls == {
+        (run_id, step): 2 if step in lost.get(run_id, ()) else 1
+        for run_id in RUNS
+        for step in ("s1", "s2", "s3")
+    }
