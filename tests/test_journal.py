@@ -27,6 +27,7 @@ from faulty_storage import FaultyStorage
 from pg_server import StorageFactory
 
 import trioflow
+from trioflow import _journal
 from trioflow.storage import Storage, Write
 
 MB = 1_000_000
@@ -372,3 +373,60 @@ async def test_a_failed_batch_fails_only_its_runs_and_they_recover(
         for run_id in RUNS
         for step in ("s1", "s2", "s3")
     }
+
+
+def batch_victim(batch: Sequence[Write]) -> str:
+    return batch[len(batch) // 2].run_id
+
+
+async def test_a_run_taken_over_during_a_batch_stops_and_the_others_finish(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "runs.db"
+    calls: Counter[tuple[str, str]] = Counter()
+    storage = trioflow.SQLiteStorage(db)
+    run_ids = [f"r{i}" for i in range(10)]
+    taken: list[Write] = []
+
+    def take_over(batch: Sequence[Write]) -> None:
+        """Before the first batch of several writes goes, another process takes one of
+        its runs (as after our lease expired): that write loses its compare-and-set."""
+        if not taken and len(batch) > 1:
+            taken.extend(batch)
+            with sqlite3.connect(db) as conn:
+                conn.execute(
+                    "UPDATE trioflow_runs SET owner = 'another process' WHERE run_id = ?",
+                    (batch_victim(batch),),
+                )
+            conn.close()
+
+    with caplog.at_level(logging.WARNING, logger="trioflow"), trio.fail_after(20):
+        async with trioflow.open_engine(
+            storage=storage, workflows=[counted_chain("three", calls)]
+        ) as engine:
+            runs = [await engine.create_run("three", run_id=run_id) for run_id in run_ids]
+            writes = count_writes(storage, before=take_over)
+            async with trio.open_nursery() as starting:
+                for run in runs:
+                    starting.start_soon(run.start_soon, run.run_id)
+            while not taken:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            victim = batch_victim(taken)
+            others = [await run.result() for run in runs if run.run_id != victim]
+        # Leaving the block waited for every run this engine executes: the victim's
+        # execution stopped by itself.
+    assert len(taken) > 1
+    assert [(r.status, r.result) for r in others] == [
+        ("success", f"{run_id}+s1+s2+s3") for run_id in run_ids if run_id != victim
+    ]
+    # The victim ran s1 only, and wrote nothing after the write it lost.
+    assert {key: n for key, n in calls.items() if key[0] == victim} == {(victim, "s1"): 1}
+    after = writes.batches[writes.batches.index(taken) + 1 :]
+    assert not any(w.run_id == victim for batch in after for w in batch)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [f"run {victim} was ended or taken over by another process; stopping here"]
+    async with trioflow.SQLiteStorage(db) as reader:
+        row = await reader.load(victim)
+    assert (row.status, row.owner) == ("running", "another process")
+    # As the other process found it: started, s1 not yet recorded.
+    assert {path: r.status for path, r in _journal.of_row(row).steps.items()} == {}
