@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import journal_app
 import pytest
 import trio
 from faulty_storage import FaultyStorage
@@ -204,6 +206,7 @@ async def test_a_big_input_passed_through_five_steps_is_written_once(tmp_path: P
 # -- a step's start is visible from another process -------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_running_step_is_seen_running_by_another_engine_and_runs_watch(
     tmp_path: Path,
 ) -> None:
@@ -329,6 +332,7 @@ async def test_concurrent_runs_share_transactions(tmp_path: Path) -> None:
     assert len(writes.batches) < 0.8 * in_batches, [len(batch) for batch in writes.batches]
 
 
+@pytest.mark.slow
 async def test_a_failed_batch_fails_only_its_runs_and_they_recover(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -365,7 +369,8 @@ async def test_a_failed_batch_fails_only_its_runs_and_they_recover(
     lost = {w.run_id: ended_in(w) for w in failed}
     assert all(len(steps) == 1 for steps in lost.values()), lost
     # Only the runs of the failed batch stopped (and were parked for recovery).
-    stopped = {r.args[0] for r in caplog.records if "stays as last stored" in r.getMessage()}
+    messages = [r.getMessage() for r in caplog.records]
+    stopped = {m.split()[1] for m in messages if "stays as last stored" in m}
     assert stopped == set(lost)
     # Each step ran once, but the one whose end was in the failed write: it ran again.
     assert calls == {
@@ -430,3 +435,63 @@ async def test_a_run_taken_over_during_a_batch_stops_and_the_others_finish(
     assert (row.status, row.owner) == ("running", "another process")
     # As the other process found it: started, s1 not yet recorded.
     assert {path: r.status for path, r in _journal.of_row(row).steps.items()} == {}
+
+
+# -- SIGKILL during a group commit ------------------------------------------------------------
+
+APP = Path(__file__).with_name("journal_app.py")
+
+
+@pytest.mark.slow
+async def test_a_kill_during_a_batch_commit_loses_no_acknowledged_step(tmp_path: Path) -> None:
+    """20 runs started at once in a process that SIGKILLs itself while a batch of
+    several writes is being applied (before its commit). A new engine recovers them:
+    each ends 'success'; a step whose end was committed before the kill never runs
+    again, and its stored record is kept as it was."""
+    db, side = tmp_path / "runs.db", tmp_path / "side.db"
+    killed = await trio.run_process(
+        [sys.executable, str(APP), str(db), str(side), "20", "--kill", "in-batch:4"],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    out = killed.stdout.decode()
+    assert killed.returncode == -signal.SIGKILL, (out, killed.stderr.decode())
+    assert "result" not in out
+    [dying] = [line for line in out.splitlines() if line.startswith("dying")]
+    batch = int(dying.split()[-2])
+    assert batch > 1
+
+    run_ids = journal_app.run_ids(20)
+    async with trioflow.SQLiteStorage(db) as reader:
+        before = {run_id: _journal.of_row(await reader.load(run_id)) for run_id in run_ids}
+    acknowledged = {
+        (run_id, path): record
+        for run_id, snapshot in before.items()
+        for path, record in snapshot.steps.items()
+        if record.status == "success"
+    }
+    ran_before = Counter(journal_app.executions(side))
+    # The kill came after some steps' ends were committed and before others were.
+    assert acknowledged
+    assert set(acknowledged) < set(ran_before)
+
+    with trio.fail_after(20):
+        async with journal_app.engine(db, side) as engine:
+            results = [await (await engine.get_run(run_id)).result() for run_id in run_ids]
+    assert [(r.status, r.result) for r in results] == [
+        ("success", f"{run_id}+s1+s2+s3") for run_id in run_ids
+    ]
+    ran = Counter(journal_app.executions(side))
+    assert set(ran) == {(run_id, step) for run_id in run_ids for step in journal_app.STEPS}
+    # An acknowledged step never ran again; one that ran but whose end was not
+    # committed (in the killed batch, or waiting for the next) ran once more.
+    assert {key: ran[key] for key in acknowledged} == dict.fromkeys(acknowledged, 1)
+    again = {key for key, n in ran.items() if n > 1}
+    assert again == set(ran_before) - set(acknowledged)
+    assert len(again) >= batch
+    assert max(ran.values()) == 2
+    # No acknowledged transition is lost: each stored record is still as it was.
+    async with trioflow.SQLiteStorage(db) as reader:
+        after = {run_id: _journal.of_row(await reader.load(run_id)) for run_id in run_ids}
+    assert {key: after[key[0]].steps[key[1]] for key in acknowledged} == acknowledged
