@@ -163,17 +163,50 @@ def make_workflows(
 
 class KillingStorage(trioflow.SQLiteStorage):
     """SQLiteStorage that kills its process after or during its N-th write (a run's
-    start, the write before each next step, the final write)."""
+    start, the write before each next step, the final write), or (``in-batch:N``)
+    during the first `save_many` call from its N-th on that holds several writes (a
+    group commit of several runs), while the second write of it is applied: the first
+    is in the transaction, nothing of it is committed. `save_many_calls` counts the
+    calls, `batch_sizes` their sizes."""
 
     def __init__(self, path: str, kill: str | None) -> None:
         super().__init__(path)
         kind, _, nth = (kill or "").partition(":")
         self.kind = kind
-        self.kill_at = int(nth) if kind in ("after-save", "in-save") else 0
+        self.kill_at = int(nth) if kind in ("after-save", "in-save", "in-batch") else 0
         self.saves = 0
+        self.save_many_calls = 0
+        self.batch_sizes: list[int] = []
 
-    async def save_many(self, *args: Any, **kwargs: Any) -> list[bool]:
-        return await self._write(super().save_many, *args, **kwargs)  # type: ignore[no-any-return]
+    async def save_many(self, writes: Any, *args: Any, **kwargs: Any) -> list[bool]:
+        self.save_many_calls += 1
+        self.batch_sizes.append(len(writes))
+        if self.kind == "in-batch" and self.save_many_calls >= self.kill_at and len(writes) > 1:
+            print(f"dying in a batch of {len(writes)} writes", flush=True)
+            self._die_in_second_write()
+        return await self._write(super().save_many, writes, *args, **kwargs)  # type: ignore[no-any-return]
+
+    def _die_in_second_write(self) -> None:
+        """SIGKILL once the statement that applies the batch's second write runs."""
+        assert self._conn is not None
+        applying = 0
+
+        def trace(statement: str) -> None:
+            nonlocal applying
+            # Only a write of `save_many` sets updated_at (claims, renewals and releases
+            # set the owner or lease); this batch is the engine's only one under way.
+            if statement.startswith(
+                ("UPDATE trioflow_runs SET updated_at", "UPDATE trioflow_runs SET status = ?")
+            ):
+                applying += 1
+
+        def progress() -> int:
+            if applying >= 2:
+                die()
+            return 0
+
+        self._conn.set_trace_callback(trace)
+        self._conn.set_progress_handler(progress, 1)
 
     async def claim_many(self, claims: Any) -> Any:
         if all(claim.start is None for claim in claims):
