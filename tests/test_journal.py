@@ -30,7 +30,7 @@ from pg_server import StorageFactory
 
 import trioflow
 from trioflow import _journal
-from trioflow.storage import Storage, Write
+from trioflow.storage import Claim, Storage, Write
 
 MB = 1_000_000
 
@@ -59,7 +59,7 @@ def count_writes(
 ) -> Writes:
     """Note every write `storage` is asked for (`before` sees a batch before it goes)."""
     seen = Writes()
-    save_many, claim = storage.save_many, storage.claim
+    save_many, claim_many = storage.save_many, storage.claim_many
 
     async def counting_save_many(writes: Sequence[Write], owner: str, now: float) -> list[bool]:
         seen.batches.append(list(writes))
@@ -67,14 +67,15 @@ def count_writes(
             before(writes)
         return await save_many(writes, owner, now)
 
-    async def counting_claim(run_id: str, *args: Any, **kwargs: Any) -> Any:
-        row = await claim(run_id, *args, **kwargs)
-        if row is not None and kwargs.get("start") is not None:
-            seen.starts.append(run_id)
-        return row
+    async def counting_claim_many(claims: Sequence[Claim]) -> list[Any]:
+        rows = await claim_many(claims)
+        for claim, row in zip(claims, rows, strict=True):
+            if row is not None and claim.start is not None:
+                seen.starts.append(claim.run_id)
+        return rows
 
     storage.save_many = counting_save_many  # type: ignore[method-assign]
-    storage.claim = counting_claim  # type: ignore[method-assign]
+    storage.claim_many = counting_claim_many  # type: ignore[method-assign]
     return seen
 
 

@@ -12,9 +12,8 @@ import datetime as dt
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -69,10 +68,17 @@ class Engine:
         self._versions = index_versions(workflows)
         self.workflows = {id: list(known.values())[-1] for id, known in self._versions.items()}
         self.owner_id = uuid.uuid4().hex
-        # Group commit (trioflow/_commits.py) of runs' creations, starts and writes.
-        self._inserts = GroupCommit(storage.insert_many)
-        self._claims = GroupCommit(storage.claim_many)
-        self._writes = GroupCommit(partial(_save_many, storage, self.owner_id))
+        # Group commit (trioflow/_commits.py) of runs' creations, starts and writes; the
+        # storage's methods looked up at each call (a test may wrap them meanwhile).
+        self._inserts: GroupCommit[NewRun, bool] = GroupCommit(
+            lambda runs: self.storage.insert_many(runs)
+        )
+        self._claims: GroupCommit[Claim, RunRow | None] = GroupCommit(
+            lambda claims: self.storage.claim_many(claims)
+        )
+        self._writes: GroupCommit[Write, bool] = GroupCommit(
+            lambda writes: self.storage.save_many(writes, self.owner_id, wall_time())
+        )
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
         self._nursery = nursery
@@ -1010,10 +1016,6 @@ async def open_engine(
                         logger.exception("could not release the leases of this engine")
         if body_error is not None:
             raise body_error
-
-
-async def _save_many(storage: Storage, owner: str, writes: Sequence[Write]) -> list[bool]:
-    return await storage.save_many(writes, owner, wall_time())
 
 
 def index_versions(workflows: Iterable[Workflow]) -> dict[str, dict[str, Workflow]]:
