@@ -25,14 +25,10 @@ from . import _events as ev
 from ._abort import AbortController, AbortSignal, call_at
 from ._clock import wall_time
 from ._errors import AbortError, EventTimeoutError, StepTimeoutError, ValidationError
-from ._realtime import run_in_thread
-from ._results import StepResult
-from ._schema import convert
-from ._step import Bail, ConditionContext, Step, StepContext, Suspend, call_maybe_async
-from ._tracing import ATTEMPT, STEP_ID
-from ._workflow import (
+from ._graph import (
     BranchNode,
     ForeachNode,
+    Graph,
     LoopNode,
     MapNode,
     Node,
@@ -40,8 +36,12 @@ from ._workflow import (
     SleepNode,
     StepNode,
     WaitEventNode,
-    Workflow,
 )
+from ._realtime import run_in_thread
+from ._results import StepResult
+from ._schema import convert
+from ._step import Bail, ConditionContext, Step, StepContext, Suspend, call_maybe_async
+from ._tracing import ATTEMPT, STEP_ID
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -80,7 +80,7 @@ class Frame:
 
     __slots__ = ("init_data", "prefix", "run", "workflow")
 
-    def __init__(self, run: Run, workflow: Workflow, prefix: str, init_data: Any) -> None:
+    def __init__(self, run: Run, workflow: Graph, prefix: str, init_data: Any) -> None:
         self.run = run
         self.workflow = workflow
         self.prefix = prefix
@@ -95,7 +95,7 @@ class Frame:
             value, self.workflow.state_schema, step_id=self.prefix[:-1] or None, what="state"
         )
 
-    def get_step_result(self, step: Step[Any, Any] | Workflow | str) -> Any:
+    def get_step_result(self, step: Step[Any, Any] | Graph | str) -> Any:
         step_id = step if isinstance(step, str) else step.id
         record = self.run._steps.get(self.prefix + step_id)
         return record.output if record is not None and record.status == "success" else None
@@ -228,7 +228,7 @@ def _end(run: Run, path: str, status: str, **fields: Any) -> None:
 
 async def run_step(
     frame: Frame,
-    step: Step[Any, Any] | Workflow,
+    step: Step[Any, Any] | Graph,
     value: Any,
     key: Key,
     *,
@@ -247,7 +247,7 @@ async def run_step(
 
 def begin_step(
     frame: Frame,
-    step: Step[Any, Any] | Workflow,
+    step: Step[Any, Any] | Graph,
     value: Any,
     key: Key,
     *,
@@ -270,7 +270,7 @@ def begin_step(
 
 async def finish_step(
     frame: Frame,
-    step: Step[Any, Any] | Workflow,
+    step: Step[Any, Any] | Graph,
     value: Any,
     key: Key,
     resume_data: Any,
@@ -282,7 +282,7 @@ async def finish_step(
     recovered loop goes on from its progress, so a write before that would be lost)."""
     run = frame.run
     path = frame.prefix + step.id
-    if type(step) is Workflow:
+    if not isinstance(step, Step):  # a nested workflow
         return await _run_nested(frame, step, path, value, key, persist_after)
     assert type(step) is Step
     try:
@@ -464,7 +464,7 @@ class _TimedStepContext(StepContext[Any]):
 
 
 async def _run_nested(
-    frame: Frame, workflow: Workflow, path: str, value: Any, key: Key, persist_after: bool = True
+    frame: Frame, workflow: Graph, path: str, value: Any, key: Key, persist_after: bool = True
 ) -> Any:
     run = frame.run
     child = Frame(run, workflow, path + ".", value)
@@ -488,13 +488,13 @@ async def _run_nested(
 
 
 async def _run_parallel(
-    frame: Frame, steps: Sequence[Step[Any, Any] | Workflow], value: Any, key: Key
+    frame: Frame, steps: Sequence[Step[Any, Any] | Graph], value: Any, key: Key
 ) -> dict[str, Any]:
     """Run `steps` at once; a failure cancels the siblings (recorded ``'canceled'``)."""
     outcomes: list[Any] = [None] * len(steps)
     failed = False
 
-    async def branch(index: int, step: Step[Any, Any] | Workflow, resume_data: Any) -> None:
+    async def branch(index: int, step: Step[Any, Any] | Graph, resume_data: Any) -> None:
         nonlocal failed
         try:
             outcomes[index] = await finish_step(frame, step, value, (*key, index), resume_data)
@@ -522,7 +522,7 @@ async def _run_parallel(
     return _gather(steps, outcomes)
 
 
-def _gather(steps: Sequence[Step[Any, Any] | Workflow], outcomes: list[Any]) -> dict[str, Any]:
+def _gather(steps: Sequence[Step[Any, Any] | Graph], outcomes: list[Any]) -> dict[str, Any]:
     """The output of finished branches, or the control exception that wins, in
     declaration order: a failure, then a cancel, then a bail, then suspensions."""
     for kind in (FailRun, StopRun, BailRun):
@@ -557,7 +557,7 @@ async def _run_loop(frame: Frame, node: LoopNode, value: Any, key: Key) -> Any:
     if progress is not None:
         iteration, value, done = progress
     step, condition, until = node.step, node.condition, node.until
-    nested = type(step) is Workflow
+    nested = not isinstance(step, Step)
     while not done:
         record = _replayed(run, path, loop=True)  # begin_step, inline
         suspended = record is not None and record.status == "suspended"
@@ -630,7 +630,7 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
     async def item(index: int) -> None:
         try:
             item_key = (*key, index)
-            if type(step) is Workflow:
+            if not isinstance(step, Step):  # a nested workflow
                 child = Frame(run, step, f"{path}.{index}.", items[index])
                 try:
                     output = await execute_workflow(child, items[index], item_key)

@@ -43,6 +43,7 @@ from ._executor import (
     SuspendRun,
     execute_workflow,
 )
+from ._graph import ForeachNode, Graph, LoopNode, Node, WaitEventNode, node_ids, node_steps
 from ._logs import PendingLogs
 from ._results import TERMINAL, CancelResult, RunResult, RunStatus, StepResult
 from ._schema import convert
@@ -55,7 +56,6 @@ from ._transitions import (
     resolve_suspended,
     suspended_leaves,
 )
-from ._workflow import ForeachNode, LoopNode, Node, WaitEventNode, Workflow, node_ids, node_steps
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -114,7 +114,7 @@ class Run:
         "workflow",
     )
 
-    def __init__(self, workflow: Workflow, run_id: str | None = None) -> None:
+    def __init__(self, workflow: Graph, run_id: str | None = None) -> None:
         self.workflow = workflow
         self.run_id = run_id if run_id is not None else str(uuid.uuid4())
         self.cancel_requested = False
@@ -325,7 +325,7 @@ class Run:
 
     async def resume(
         self,
-        step: str | Step[Any, Any] | Workflow | list[str] | None = None,
+        step: str | Step[Any, Any] | Graph | list[str] | None = None,
         resume_data: Any = None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -909,9 +909,7 @@ class Run:
         self._outputs = list(snapshot.outputs)
 
     @classmethod
-    def _from_snapshot(
-        cls, workflow: Workflow, snapshot: _snapshot.Snapshot, engine: Engine
-    ) -> Run:
+    def _from_snapshot(cls, workflow: Graph, snapshot: _snapshot.Snapshot, engine: Engine) -> Run:
         run = cls(workflow, snapshot.run_id)
         run._engine = engine
         run._load(snapshot)
@@ -964,7 +962,7 @@ class Run:
             "only a suspended run can be resumed"
         )
 
-    def _suspended_path(self, step: str | Step[Any, Any] | Workflow | list[str] | None) -> str:
+    def _suspended_path(self, step: str | Step[Any, Any] | Graph | list[str] | None) -> str:
         if step is None or isinstance(step, str):
             wanted = step
         elif isinstance(step, list | tuple):
@@ -984,7 +982,7 @@ def _retype(value: Any, schema: Any) -> Any:
         return value
 
 
-def _retype_output(workflow: Workflow, path: str, output: Any) -> Any:
+def _retype_output(workflow: Graph, path: str, output: Any) -> Any:
     target = _find_step(workflow, path.split("."))
     schema = None if target is None else target.output_schema
     if schema is None or output is None:
@@ -997,7 +995,7 @@ def _retype_output(workflow: Workflow, path: str, output: Any) -> Any:
     return output
 
 
-def _retype_record(workflow: Workflow, path: str, record: _snapshot.StepRecord) -> StepResult:
+def _retype_record(workflow: Graph, path: str, record: _snapshot.StepRecord) -> StepResult:
     """A stored step record with its output, suspend and resume payloads typed back."""
     result = _snapshot.step_result(record, _retype_output(workflow, path, record.output))
     target = _find_step(workflow, path.split("."))
@@ -1012,7 +1010,7 @@ def _retype_record(workflow: Workflow, path: str, record: _snapshot.StepRecord) 
     )
 
 
-def _retype_progress(workflow: Workflow, path: str, value: Any) -> Any:
+def _retype_progress(workflow: Graph, path: str, value: Any) -> Any:
     """Stored progress typed back: a loop's last output, a foreach's finished outputs,
     an event's data, so that a recovered run hands its steps what the original did."""
     node = _find_node(workflow, path.split("."))
@@ -1026,20 +1024,20 @@ def _retype_progress(workflow: Workflow, path: str, value: Any) -> Any:
     return value
 
 
-def _state_schema(workflow: Workflow, prefix: str) -> Any:
+def _state_schema(workflow: Graph, prefix: str) -> Any:
     """The state schema of the workflow whose state is kept under `prefix`."""
     if prefix == "":
         return workflow.state_schema
     nested = _find_step(workflow, prefix[:-1].split("."))
-    return nested.state_schema if isinstance(nested, Workflow) else None
+    return None if nested is None or isinstance(nested, Step) else nested.state_schema
 
 
-def _event_schema(workflow: Workflow, name: str) -> Any:
+def _event_schema(workflow: Graph, name: str) -> Any:
     node = _find_event_node(workflow, name)
     return None if node is None else node.step.resume_schema
 
 
-def _find_node(workflow: Workflow, parts: list[str]) -> Node | None:
+def _find_node(workflow: Graph, parts: list[str]) -> Node | None:
     """The node that records under a dotted path of ids."""
     head, rest = parts[0], parts[1:]
     for node in workflow.nodes:
@@ -1048,7 +1046,7 @@ def _find_node(workflow: Workflow, parts: list[str]) -> Node | None:
         if not rest:
             return node
         for candidate in node_steps(node):
-            if candidate.id == head and isinstance(candidate, Workflow):
+            if candidate.id == head and not isinstance(candidate, Step):
                 if rest[0].isdigit():  # a foreach item of a nested workflow
                     rest = rest[1:]
                 return _find_node(candidate, rest) if rest else None
@@ -1067,7 +1065,7 @@ def _check_timeout(timeout: object) -> float:
     return float(timeout)
 
 
-def _initial_state(workflow: Workflow, initial_state: Any) -> Any:
+def _initial_state(workflow: Graph, initial_state: Any) -> Any:
     schema = workflow.state_schema
     if initial_state is None:
         try:
@@ -1080,7 +1078,7 @@ def _initial_state(workflow: Workflow, initial_state: Any) -> Any:
     return convert(initial_state, schema, step_id=None, what="state")
 
 
-def _find_step(workflow: Workflow, parts: list[str]) -> Step[Any, Any] | Workflow | None:
+def _find_step(workflow: Graph, parts: list[str]) -> Step[Any, Any] | Graph | None:
     """The step or nested workflow at a dotted path of ids."""
     head, rest = parts[0], parts[1:]
     for node in workflow.nodes:
@@ -1088,19 +1086,19 @@ def _find_step(workflow: Workflow, parts: list[str]) -> Step[Any, Any] | Workflo
             if candidate.id == head:
                 if not rest:
                     return candidate
-                if isinstance(candidate, Workflow):
+                if not isinstance(candidate, Step):  # a nested workflow
                     if rest and rest[0].isdigit():  # a foreach item of a nested workflow
                         rest = rest[1:]
                     return _find_step(candidate, rest)
     return None
 
 
-def _find_event_node(workflow: Workflow, name: str) -> WaitEventNode | None:
+def _find_event_node(workflow: Graph, name: str) -> WaitEventNode | None:
     for node in workflow.nodes:
         if isinstance(node, WaitEventNode) and node.name == name:
             return node
         for candidate in node_steps(node):
-            if isinstance(candidate, Workflow):
+            if not isinstance(candidate, Step):  # a nested workflow
                 found = _find_event_node(candidate, name)
                 if found is not None:
                     return found
