@@ -17,14 +17,20 @@ import datetime as dt
 import inspect
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import trio
 
 from . import _events as ev
 from ._abort import AbortController, AbortSignal, call_at
 from ._clock import wall_time
-from ._errors import AbortError, EventTimeoutError, StepTimeoutError, ValidationError
+from ._errors import (
+    AbortError,
+    EventTimeoutError,
+    RunTimeoutError,
+    StepTimeoutError,
+    ValidationError,
+)
 from ._graph import (
     BranchNode,
     ForeachNode,
@@ -40,11 +46,16 @@ from ._graph import (
 from ._realtime import run_in_thread
 from ._results import StepResult
 from ._schema import convert
-from ._step import Bail, ConditionContext, Step, StepContext, Suspend, call_maybe_async
-from ._tracing import ATTEMPT, STEP_ID
-
-if TYPE_CHECKING:
-    from ._run import Run
+from ._step import (
+    Bail,
+    ConditionContext,
+    Step,
+    StepContext,
+    StepRun,
+    Suspend,
+    call_maybe_async,
+)
+from ._tracing import ATTEMPT, STEP_ID, Execution
 
 Key = tuple[int, ...]
 # Appended to a step's key so that its nested steps sort (and are canceled) before it.
@@ -75,12 +86,37 @@ class BailRun(Outcome):
         self.result = result
 
 
+class RunState(StepRun, Protocol):
+    """What the executor reads and writes of a run (`_run.Run`): its records, its
+    signal, and the few methods that change them under its rules. Written down here,
+    where it is needed: `_run` imports this module, so this one does not import `_run`
+    (not even for type checking). A frame holds the `Run` itself: no cost at run time."""
+
+    _steps: dict[str, StepResult]
+    _in_flight: dict[str, tuple[float, ...]]
+    _progress: dict[str, Any]
+    _states: dict[str, Any]
+    _signal: AbortSignal
+    _lost: bool
+    _timeout_error: RunTimeoutError | None
+    _trace: Execution | None
+
+    def _raise_fault(self) -> None: ...
+    def _is_resuming(self, path: str) -> bool: ...
+    def _suspended_leaves(self, path: str) -> list[str]: ...
+    def _cancel_in_flight(self, key: Key, *, keep: str | None = None) -> None: ...
+    def _enter_waiting(self) -> None: ...
+    def _leave_waiting(self) -> None: ...
+    def _take_event(self, name: str) -> Any: ...
+    async def _wait_event(self, name: str) -> Any: ...
+
+
 class Frame:
     """One workflow level of an execution: the run's own workflow or a nested one."""
 
     __slots__ = ("init_data", "prefix", "run", "workflow")
 
-    def __init__(self, run: Run, workflow: Graph, prefix: str, init_data: Any) -> None:
+    def __init__(self, run: RunState, workflow: Graph, prefix: str, init_data: Any) -> None:
         self.run = run
         self.workflow = workflow
         self.prefix = prefix
@@ -143,7 +179,7 @@ async def execute_node(frame: Frame, node: Node, value: Any, key: Key) -> Any:
 # --- steps ------------------------------------------------------------------------------
 
 
-def _replayed(run: Run, path: str, *, loop: bool = False) -> StepResult | None:
+def _replayed(run: RunState, path: str, *, loop: bool = False) -> StepResult | None:
     """The record of `path` from an earlier execution, if any. Raises if the step must
     not start: the run is canceled, or the step stays suspended (another one resumes).
     A ``'success'`` record means "replay its output" unless `loop` (an earlier iteration).
@@ -161,7 +197,9 @@ def _replayed(run: Run, path: str, *, loop: bool = False) -> StepResult | None:
     return record
 
 
-def _begin(run: Run, path: str, value: Any, key: Key, previous: StepResult | None = None) -> None:
+def _begin(
+    run: RunState, path: str, value: Any, key: Key, previous: StepResult | None = None
+) -> None:
     """Record `path` running (`previous`: its record from an earlier execution)."""
     if previous is not None and previous.status == "suspended":
         # A resumed step keeps what it suspended with and what it was resumed with.
@@ -180,7 +218,7 @@ def _begin(run: Run, path: str, value: Any, key: Key, previous: StepResult | Non
         run._watchers.emit(ev.WorkflowStepStart(run_id=run.run_id, step_id=path, payload=value))
 
 
-def _succeed(run: Run, path: str, output: Any, value: Any) -> None:
+def _succeed(run: RunState, path: str, output: Any, value: Any) -> None:
     """`_end` for the common outcome, without its keyword plumbing (the hot path)."""
     current = run._steps[path]
     if current.resume_payload is not None or run._watchers.channels:
@@ -196,7 +234,7 @@ def _succeed(run: Run, path: str, output: Any, value: Any) -> None:
     )
 
 
-def _end(run: Run, path: str, status: str, **fields: Any) -> None:
+def _end(run: RunState, path: str, status: str, **fields: Any) -> None:
     """Record a step's outcome: it is no longer in flight."""
     del run._in_flight[path]
     current = run._steps[path]
@@ -329,7 +367,7 @@ async def finish_step(
     return output
 
 
-async def persist(run: Run) -> None:
+async def persist(run: RunState) -> None:
     """Store the run's state now, if it is durable: after each completed step, so a
     recovered run never runs a completed step again. (Failures, suspensions and the end
     are stored by the run's finalizer.)"""
@@ -584,7 +622,7 @@ async def _run_loop(frame: Frame, node: LoopNode, value: Any, key: Key) -> Any:
     return value
 
 
-def _forget_nested(run: Run, prefix: str) -> None:
+def _forget_nested(run: RunState, prefix: str) -> None:
     """Drop the records and progress of the steps under `prefix` (a finished iteration
     of a nested workflow), so that the next iteration does not replay them."""
     for table in (run._steps, run._progress):
@@ -766,7 +804,7 @@ def _wall_deadline(path: str, when: Any, until: bool) -> float:
 
 
 async def _wait_step(
-    run: Run, path: str, value: Any, key: Key, wait: Callable[[Any], Awaitable[Any]], arg: Any
+    run: RunState, path: str, value: Any, key: Key, wait: Callable[[Any], Awaitable[Any]], arg: Any
 ) -> Any:
     """Record `path` ``'waiting'`` and the run ``'waiting'`` while ``wait(arg)`` runs."""
     run._steps[path] = StepResult(status="waiting", payload=value, started_at=wall_time())
@@ -802,7 +840,9 @@ async def _run_wait_for_event(frame: Frame, node: WaitEventNode, value: Any, key
     return await run_step(frame, node.step, value, key, resume_data=data)
 
 
-async def _wait_event_until(run: Run, node: WaitEventNode, path: str, value: Any, key: Key) -> Any:
+async def _wait_event_until(
+    run: RunState, node: WaitEventNode, path: str, value: Any, key: Key
+) -> Any:
     """`_wait_step` for an event, bounded by the node's timeout. Its wall-clock deadline
     is kept in the run's progress (beside the path, like a sleep's), so a recovered run
     waits only what is left of it."""
