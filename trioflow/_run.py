@@ -17,7 +17,7 @@ from collections import deque
 from functools import partial
 from itertools import compress
 from operator import is_not
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import trio
@@ -56,10 +56,10 @@ from ._transitions import (
     resolve_suspended,
     suspended_leaves,
 )
+from .storage._base import EXECUTING_STATUSES
 
 if TYPE_CHECKING:
-    from ._engine import Engine
-    from .storage import RunRow, StoredEvent
+    from .storage import RunRow, Storage, StoredEvent
 
 logger = logging.getLogger("trioflow")
 # The fields of a step record that hold user data (checked when a run cannot be stored).
@@ -68,6 +68,25 @@ _RECORD_DATA = ("output", "payload", "suspend_payload", "resume_payload")
 _current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
     "trioflow_current_run", default=None
 )
+
+
+class Host(Protocol):
+    """What a durable run needs of the engine that stores and executes it
+    (`_engine.Engine`). Written down here, where it is needed: the engine imports this
+    module, so this one does not import the engine (not even for type checking)."""
+
+    storage: Storage
+    poll_interval: float
+    _live: dict[str, Run]
+
+    def _check_version(self, run: Run) -> None: ...
+    async def _claim(self, run: Run, statuses: tuple[str, ...]) -> bool: ...
+    def _drop_live(self, run: Run) -> None: ...
+    def _start_soon(self, run: Run) -> None: ...
+    async def _save(self, run: Run, *, release: bool) -> None: ...
+    async def _store_canceled(self, run: Run) -> None: ...
+    async def _cancel_elsewhere(self, run: Run, reason: object) -> RunStatus: ...
+    async def _wait_stored(self, run: Run) -> None: ...
 
 
 class Run:
@@ -140,7 +159,7 @@ class Run:
         self._events_taken = 0
         self._event_arrived: trio.Event | None = None
         self._watchers = ev.Watchers()
-        self._engine: Engine | None = None
+        self._engine: Host | None = None
         self._lost = False  # another process ended or took this run: write nothing more
         # Output events of steps created with store_output_events=True (bounded).
         self._outputs: list[_snapshot.OutputRecord] = []
@@ -414,7 +433,7 @@ class Run:
         return cancel_result(self._status)
 
     async def _cancel_durable(
-        self, engine: Engine, reason: object, grace_period: float
+        self, engine: Host, reason: object, grace_period: float
     ) -> CancelResult:
         """Cancel a durable run executing here. The request (and its reason) is stored
         before the run is interrupted, so a crash in between cannot let recovery run the
@@ -465,7 +484,7 @@ class Run:
         A durable run that executes in another process (or ended there) is followed
         through storage: first the output events its steps stored, then its stored
         transitions, until it ends or suspends."""
-        return self._watchers.watch(buffer, partial(_follow.follow_elsewhere, self))
+        return self._watchers.watch(buffer, partial(_follow_elsewhere, self))
 
     async def send_event(self, name: str, data: Any = None) -> None:
         """Deliver an event to `.wait_for_event(name, ...)`: kept until waited for.
@@ -494,7 +513,7 @@ class Run:
             self._event_arrived.set()
             self._event_arrived = None
 
-    async def _store_event(self, engine: Engine, name: str, data: Any) -> None:
+    async def _store_event(self, engine: Host, name: str, data: Any) -> None:
         """Send an event to a durable run that does not execute here: stored, and taken
         by the process that executes the run as soon as it hears of it (as of a cancel
         request), or by the engine that starts or resumes it."""
@@ -909,7 +928,7 @@ class Run:
         self._outputs = list(snapshot.outputs)
 
     @classmethod
-    def _from_snapshot(cls, workflow: Graph, snapshot: _snapshot.Snapshot, engine: Engine) -> Run:
+    def _from_snapshot(cls, workflow: Graph, snapshot: _snapshot.Snapshot, engine: Host) -> Run:
         run = cls(workflow, snapshot.run_id)
         run._engine = engine
         run._load(snapshot)
@@ -1103,3 +1122,21 @@ def _find_event_node(workflow: Graph, name: str) -> WaitEventNode | None:
                 if found is not None:
                     return found
     return None
+
+
+async def _follow_elsewhere(run: Run, watcher: ev.Watcher) -> bool:
+    """Feed `watcher` from storage if `run` executes (or ended) somewhere else; False
+    when its events will be emitted in this process (it is pending or suspended here,
+    or executing here)."""
+    engine = run._engine
+    if engine is None or run._executing:
+        return False
+    row = await engine.storage.load(run.run_id)
+    if engine._live.get(run.run_id) is run:  # claimed here meanwhile: about to execute
+        return False
+    if run._executing or row.status not in (*EXECUTING_STATUSES, "success", "failed", "canceled"):
+        return False
+    follower = _follow.StoredEvents(engine.storage, run.run_id, engine.poll_interval, watcher)
+    follower.take(row, first=True)
+    watcher.refill = follower.refill
+    return True
