@@ -19,8 +19,8 @@ from ._step import Step
 
 class Graph(Protocol):
     """A committed `trioflow.Workflow` as those who run it see it. Tell a nested
-    workflow from a step by the step's type (``type(x) is Step``): there is no other
-    runtime class to test for."""
+    workflow from a step with ``isinstance(x, Step)``: below the builder there is no
+    workflow class to test for."""
 
     @property
     def id(self) -> str: ...
