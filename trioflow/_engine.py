@@ -24,13 +24,13 @@ from ._commits import GroupCommit
 from ._errors import RunStateError, StorageError, UnstorableDataError, WorkflowVersionError
 from ._queues import Queue, QueueEntry, QueueLimits, QueuePlace, check_queues
 from ._results import RunStatus
+from ._run import Run, _initial_state
 from ._schedules import Schedule, check_schedules, serve_schedules
 from ._schema import convert
 from .storage import Claim, NewRun, RunRow, RunSummary, ScheduleState, Storage, Write
 
 if TYPE_CHECKING:
     from ._logs import PendingLogs
-    from ._run import Run
     from ._step import Step
     from ._workflow import Workflow
 
@@ -119,8 +119,6 @@ class Engine:
         Idempotent: with the `run_id` of a run that is stored already, of the same
         workflow, that run is returned (it never executes twice); of another workflow,
         `ValueError` naming both."""
-        from ._run import Run
-
         run = Run(self._workflow(workflow, version), run_id)
         run._engine = self
         run._track()
@@ -182,8 +180,6 @@ class Engine:
         version: str | None = None,
     ) -> tuple[Run, bool]:
         """`enqueue`, and whether the run is new (False: an existing one returned)."""
-        from ._run import Run, _initial_state
-
         run = Run(self._workflow(workflow, version), run_id)
         run._engine = self
         convert(input_data, run.workflow.input_schema, step_id=None, what="input")
@@ -382,8 +378,6 @@ class Engine:
         """The run of a stored row, as a handle of this engine, on the definition of the
         version it stored. A run on a version this engine does not know can be looked at
         and canceled here, never executed (`Run._unknown_version`)."""
-        from ._run import Run
-
         known = self._versions.get(row.workflow_id, {})
         version = row.workflow_version
         definition = known.get(version) if version is not None else None

@@ -17,23 +17,24 @@ import datetime as dt
 import inspect
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import trio
 
 from . import _events as ev
 from ._abort import AbortController, AbortSignal, call_at
 from ._clock import wall_time
-from ._errors import AbortError, EventTimeoutError, StepTimeoutError, ValidationError
-from ._journal import Tracked
-from ._realtime import run_in_thread
-from ._results import StepResult
-from ._schema import convert
-from ._step import Bail, ConditionContext, Step, StepContext, Suspend, call_maybe_async
-from ._tracing import ATTEMPT, STEP_ID
-from ._workflow import (
+from ._errors import (
+    AbortError,
+    EventTimeoutError,
+    RunTimeoutError,
+    StepTimeoutError,
+    ValidationError,
+)
+from ._graph import (
     BranchNode,
     ForeachNode,
+    Graph,
     LoopNode,
     MapNode,
     Node,
@@ -41,11 +42,21 @@ from ._workflow import (
     SleepNode,
     StepNode,
     WaitEventNode,
-    Workflow,
 )
-
-if TYPE_CHECKING:
-    from ._run import Run
+from ._journal import Tracked
+from ._realtime import run_in_thread
+from ._results import StepResult
+from ._schema import convert
+from ._step import (
+    Bail,
+    ConditionContext,
+    Step,
+    StepContext,
+    StepRun,
+    Suspend,
+    call_maybe_async,
+)
+from ._tracing import ATTEMPT, STEP_ID, Execution
 
 Key = tuple[int, ...]
 # Appended to a step's key so that its nested steps sort (and are canceled) before it.
@@ -76,12 +87,38 @@ class BailRun(Outcome):
         self.result = result
 
 
+class RunState(StepRun, Protocol):
+    """What the executor reads and writes of a run (`_run.Run`): its records, its
+    signal, and the few methods that change them under its rules. Written down here,
+    where it is needed: `_run` imports this module, so this one does not import `_run`
+    (not even for type checking). A frame holds the `Run` itself: no cost at run time."""
+
+    _steps: dict[str, StepResult]
+    _in_flight: dict[str, tuple[float, ...]]
+    _progress: dict[str, Any]
+    _states: dict[str, Any]
+    _signal: AbortSignal
+    _lost: bool
+    _fault: FailRun | None
+    _timeout_error: RunTimeoutError | None
+    _trace: Execution | None
+
+    def _raise_fault(self) -> None: ...
+    def _is_resuming(self, path: str) -> bool: ...
+    def _suspended_leaves(self, path: str) -> list[str]: ...
+    def _cancel_in_flight(self, key: Key, *, keep: str | None = None) -> None: ...
+    def _enter_waiting(self) -> None: ...
+    def _leave_waiting(self) -> None: ...
+    def _take_event(self, name: str) -> Any: ...
+    async def _wait_event(self, name: str) -> Any: ...
+
+
 class Frame:
     """One workflow level of an execution: the run's own workflow or a nested one."""
 
     __slots__ = ("init_data", "prefix", "run", "workflow")
 
-    def __init__(self, run: Run, workflow: Workflow, prefix: str, init_data: Any) -> None:
+    def __init__(self, run: RunState, workflow: Graph, prefix: str, init_data: Any) -> None:
         self.run = run
         self.workflow = workflow
         self.prefix = prefix
@@ -96,7 +133,7 @@ class Frame:
             value, self.workflow.state_schema, step_id=self.prefix[:-1] or None, what="state"
         )
 
-    def get_step_result(self, step: Step[Any, Any] | Workflow | str) -> Any:
+    def get_step_result(self, step: Step[Any, Any] | Graph | str) -> Any:
         step_id = step if isinstance(step, str) else step.id
         record = self.run._steps.get(self.prefix + step_id)
         return record.output if record is not None and record.status == "success" else None
@@ -144,7 +181,7 @@ async def execute_node(frame: Frame, node: Node, value: Any, key: Key) -> Any:
 # --- steps ------------------------------------------------------------------------------
 
 
-def _replayed(run: Run, path: str, *, loop: bool = False) -> StepResult | None:
+def _replayed(run: RunState, path: str, *, loop: bool = False) -> StepResult | None:
     """The record of `path` from an earlier execution, if any. Raises if the step must
     not start: the run is canceled, or the step stays suspended (another one resumes).
     A ``'success'`` record means "replay its output" unless `loop` (an earlier iteration).
@@ -162,7 +199,9 @@ def _replayed(run: Run, path: str, *, loop: bool = False) -> StepResult | None:
     return record
 
 
-def _begin(run: Run, path: str, value: Any, key: Key, previous: StepResult | None = None) -> None:
+def _begin(
+    run: RunState, path: str, value: Any, key: Key, previous: StepResult | None = None
+) -> None:
     """Record `path` running (`previous`: its record from an earlier execution)."""
     if previous is not None and previous.status == "suspended":
         # A resumed step keeps what it suspended with and what it was resumed with.
@@ -181,7 +220,7 @@ def _begin(run: Run, path: str, value: Any, key: Key, previous: StepResult | Non
         run._watchers.emit(ev.WorkflowStepStart(run_id=run.run_id, step_id=path, payload=value))
 
 
-def _succeed(run: Run, path: str, output: Any, value: Any) -> None:
+def _succeed(run: RunState, path: str, output: Any, value: Any) -> None:
     """`_end` for the common outcome, without its keyword plumbing (the hot path)."""
     current = run._steps[path]
     if current.resume_payload is not None or run._watchers.channels:
@@ -197,7 +236,7 @@ def _succeed(run: Run, path: str, output: Any, value: Any) -> None:
     )
 
 
-def _end(run: Run, path: str, status: str, **fields: Any) -> None:
+def _end(run: RunState, path: str, status: str, **fields: Any) -> None:
     """Record a step's outcome: it is no longer in flight."""
     del run._in_flight[path]
     current = run._steps[path]
@@ -229,7 +268,7 @@ def _end(run: Run, path: str, status: str, **fields: Any) -> None:
 
 async def run_step(
     frame: Frame,
-    step: Step[Any, Any] | Workflow,
+    step: Step[Any, Any] | Graph,
     value: Any,
     key: Key,
     *,
@@ -248,7 +287,7 @@ async def run_step(
 
 def begin_step(
     frame: Frame,
-    step: Step[Any, Any] | Workflow,
+    step: Step[Any, Any] | Graph,
     value: Any,
     key: Key,
     *,
@@ -271,7 +310,7 @@ def begin_step(
 
 async def finish_step(
     frame: Frame,
-    step: Step[Any, Any] | Workflow,
+    step: Step[Any, Any] | Graph,
     value: Any,
     key: Key,
     resume_data: Any,
@@ -281,7 +320,7 @@ async def finish_step(
     start), or by the finalizer."""
     run = frame.run
     path = frame.prefix + step.id
-    if type(step) is Workflow:
+    if not isinstance(step, Step):  # a nested workflow
         return await _run_nested(frame, step, path, value, key)
     assert type(step) is Step
     if run._engine is not None:
@@ -330,14 +369,14 @@ async def finish_step(
     return output
 
 
-def _others_in_flight(run: Run, path: str) -> bool:
+def _others_in_flight(run: RunState, path: str) -> bool:
     """Whether steps other than those that hold `path` (its nested parents) are in
     flight: parallel branches. Their ends are stored when they come, not with the start
     of the next step, which waits for all of them."""
     return any(not path.startswith(other + ".") for other in run._in_flight)
 
 
-async def persist(run: Run) -> None:
+async def persist(run: RunState) -> None:
     """Store the run's state now, if it is durable. (Failures, suspensions and the end
     are stored by the run's finalizer.)"""
     if run._engine is not None:
@@ -347,7 +386,7 @@ async def persist(run: Run) -> None:
             raise StopRun
 
 
-async def store_before(run: Run, path: str | None) -> None:
+async def store_before(run: RunState, path: str | None) -> None:
     """Before user code runs (a step's body, a map, a condition): make every completed
     step durable, so that a recovered run never runs one again. The start of the step
     at `path`, about to run, goes in the same write; a write that would hold that start
@@ -490,7 +529,7 @@ class _TimedStepContext(StepContext[Any]):
         super().abort(reason)
 
 
-async def _run_nested(frame: Frame, workflow: Workflow, path: str, value: Any, key: Key) -> Any:
+async def _run_nested(frame: Frame, workflow: Graph, path: str, value: Any, key: Key) -> Any:
     run = frame.run
     child = Frame(run, workflow, path + ".", value)
     try:
@@ -513,13 +552,13 @@ async def _run_nested(frame: Frame, workflow: Workflow, path: str, value: Any, k
 
 
 async def _run_parallel(
-    frame: Frame, steps: Sequence[Step[Any, Any] | Workflow], value: Any, key: Key
+    frame: Frame, steps: Sequence[Step[Any, Any] | Graph], value: Any, key: Key
 ) -> dict[str, Any]:
     """Run `steps` at once; a failure cancels the siblings (recorded ``'canceled'``)."""
     outcomes: list[Any] = [None] * len(steps)
     failed = False
 
-    async def branch(index: int, step: Step[Any, Any] | Workflow, resume_data: Any) -> None:
+    async def branch(index: int, step: Step[Any, Any] | Graph, resume_data: Any) -> None:
         nonlocal failed
         try:
             outcomes[index] = await finish_step(frame, step, value, (*key, index), resume_data)
@@ -547,7 +586,7 @@ async def _run_parallel(
     return _gather(steps, outcomes)
 
 
-def _gather(steps: Sequence[Step[Any, Any] | Workflow], outcomes: list[Any]) -> dict[str, Any]:
+def _gather(steps: Sequence[Step[Any, Any] | Graph], outcomes: list[Any]) -> dict[str, Any]:
     """The output of finished branches, or the control exception that wins, in
     declaration order: a failure, then a cancel, then a bail, then suspensions."""
     for kind in (FailRun, StopRun, BailRun):
@@ -583,7 +622,7 @@ async def _run_loop(frame: Frame, node: LoopNode, value: Any, key: Key) -> Any:
     if progress is not None:
         iteration, value, done = progress
     step, condition, until = node.step, node.condition, node.until
-    nested = type(step) is Workflow
+    nested = not isinstance(step, Step)
     while not done:
         record = _replayed(run, path, loop=True)  # begin_step, inline
         suspended = record is not None and record.status == "suspended"
@@ -610,7 +649,7 @@ async def _run_loop(frame: Frame, node: LoopNode, value: Any, key: Key) -> Any:
     return value
 
 
-def _forget_nested(run: Run, prefix: str) -> None:
+def _forget_nested(run: RunState, prefix: str) -> None:
     """Drop the records and progress of the steps under `prefix` (a finished iteration
     of a nested workflow), so that the next iteration does not replay them."""
     for table in (run._steps, run._progress):
@@ -657,7 +696,7 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
     async def item(index: int) -> None:
         try:
             item_key = (*key, index)
-            if type(step) is Workflow:
+            if not isinstance(step, Step):  # a nested workflow
                 child = Frame(run, step, f"{path}.{index}.", items[index])
                 try:
                     output = await execute_workflow(child, items[index], item_key)
@@ -797,7 +836,7 @@ def _wall_deadline(path: str, when: Any, until: bool) -> float:
 
 
 async def _wait_step(
-    run: Run, path: str, value: Any, key: Key, wait: Callable[[Any], Awaitable[Any]], arg: Any
+    run: RunState, path: str, value: Any, key: Key, wait: Callable[[Any], Awaitable[Any]], arg: Any
 ) -> Any:
     """Record `path` ``'waiting'`` and the run ``'waiting'`` while ``wait(arg)`` runs."""
     run._steps[path] = StepResult(status="waiting", payload=value, started_at=wall_time())
@@ -833,7 +872,9 @@ async def _run_wait_for_event(frame: Frame, node: WaitEventNode, value: Any, key
     return await run_step(frame, node.step, value, key, resume_data=data)
 
 
-async def _wait_event_until(run: Run, node: WaitEventNode, path: str, value: Any, key: Key) -> Any:
+async def _wait_event_until(
+    run: RunState, node: WaitEventNode, path: str, value: Any, key: Key
+) -> Any:
     """`_wait_step` for an event, bounded by the node's timeout. Its wall-clock deadline
     is kept in the run's progress (beside the path, like a sleep's), so a recovered run
     waits only what is left of it."""

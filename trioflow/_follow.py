@@ -18,7 +18,7 @@ does not have; the reader's own task polls, only while it waits for an event.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -26,27 +26,6 @@ from . import _events as ev
 from . import _journal, _snapshot
 from .storage import RunRow, Storage
 from .storage._base import EXECUTING_STATUSES
-
-if TYPE_CHECKING:
-    from ._run import Run
-
-
-async def follow_elsewhere(run: Run, watcher: ev.Watcher) -> bool:
-    """Feed `watcher` from storage if `run` executes (or ended) somewhere else; False
-    when its events will be emitted in this process (it is pending or suspended here,
-    or executing here)."""
-    engine = run._engine
-    if engine is None or run._executing:
-        return False
-    row = await engine.storage.load(run.run_id)
-    if engine._live.get(run.run_id) is run:  # claimed here meanwhile: about to execute
-        return False
-    if run._executing or row.status not in (*EXECUTING_STATUSES, "success", "failed", "canceled"):
-        return False
-    follower = StoredEvents(engine.storage, run.run_id, engine.poll_interval, watcher)
-    follower.take(row, first=True)
-    watcher.refill = follower.refill
-    return True
 
 
 class StoredEvents:

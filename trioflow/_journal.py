@@ -21,7 +21,7 @@ into entries, so several changes between two writes cost one write.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -30,9 +30,31 @@ from ._errors import SnapshotError
 from ._results import RunStatus, StepResult, StepStatus
 from ._snapshot import ErrorRecord, OutputRecord, Snapshot, StepRecord
 
-if TYPE_CHECKING:
-    from ._run import Run
-    from .storage import RunRow
+
+class StoredRun(Protocol):
+    """A stored run as the storage reads it (`storage.RunRow`, below which this is)."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def snapshot(self) -> bytes: ...
+    @property
+    def entries(self) -> tuple[bytes, ...]: ...
+
+
+class Run(Protocol):
+    """What the journal reads of a durable run (`_run.Run`, which imports this module)."""
+
+    run_id: str
+    _steps: dict[str, StepResult]
+    _progress: dict[str, Any]
+    _states: dict[str, Any]
+    _input: Any
+    _result: Any
+    _outputs: list[OutputRecord]
+
+    def _run_fields(self) -> RunSet: ...
+
 
 # Values of ``payload_ref``: the payload is the run's input, the payload the step's last
 # record held, or the output of the step at that path (``OUTPUT`` + path), as folded up
@@ -371,7 +393,7 @@ class Journal:
         return _snapshot.encode_value(run.run_id, "the run's result", entry)
 
 
-def of_row(row: RunRow) -> Snapshot:
+def of_row(row: StoredRun) -> Snapshot:
     """The stored run as one snapshot."""
     return fold(row.run_id, row.snapshot, row.entries)
 

@@ -16,7 +16,7 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import trio
@@ -42,6 +42,7 @@ from ._executor import (
     SuspendRun,
     execute_workflow,
 )
+from ._graph import ForeachNode, Graph, LoopNode, Node, WaitEventNode, node_ids, node_steps
 from ._journal import Journal, RunSet, Tracked
 from ._logs import PendingLogs
 from ._results import TERMINAL, CancelResult, RunResult, RunStatus, StepResult
@@ -55,11 +56,10 @@ from ._transitions import (
     resolve_suspended,
     suspended_leaves,
 )
-from ._workflow import ForeachNode, LoopNode, Node, WaitEventNode, Workflow, node_ids, node_steps
+from .storage._base import EXECUTING_STATUSES
 
 if TYPE_CHECKING:
-    from ._engine import Engine
-    from .storage import RunRow, StoredEvent
+    from .storage import RunRow, Storage, StoredEvent
 
 logger = logging.getLogger("trioflow")
 # The fields of a step record that hold user data (checked when a run cannot be stored).
@@ -68,6 +68,26 @@ _RECORD_DATA = ("output", "payload", "suspend_payload", "resume_payload")
 _current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
     "trioflow_current_run", default=None
 )
+
+
+class Host(Protocol):
+    """What a durable run needs of the engine that stores and executes it
+    (`_engine.Engine`). Written down here, where it is needed: the engine imports this
+    module, so this one does not import the engine (not even for type checking)."""
+
+    storage: Storage
+    poll_interval: float
+    _live: dict[str, Run]
+
+    def _check_version(self, run: Run) -> None: ...
+    async def _claim(self, run: Run, statuses: tuple[str, ...]) -> bool: ...
+    async def _claim_start(self, run: Run) -> bool: ...
+    def _drop_live(self, run: Run) -> None: ...
+    def _start_soon(self, run: Run) -> None: ...
+    async def _save(self, run: Run, *, release: bool, unless_only: str | None = None) -> None: ...
+    async def _store_canceled(self, run: Run) -> None: ...
+    async def _cancel_elsewhere(self, run: Run, reason: object) -> RunStatus: ...
+    async def _wait_stored(self, run: Run) -> None: ...
 
 
 class Run:
@@ -114,7 +134,7 @@ class Run:
         "workflow",
     )
 
-    def __init__(self, workflow: Workflow, run_id: str | None = None) -> None:
+    def __init__(self, workflow: Graph, run_id: str | None = None) -> None:
         self.workflow = workflow
         self.run_id = run_id if run_id is not None else str(uuid.uuid4())
         self.cancel_requested = False
@@ -140,7 +160,7 @@ class Run:
         self._events_taken = 0
         self._event_arrived: trio.Event | None = None
         self._watchers = ev.Watchers()
-        self._engine: Engine | None = None
+        self._engine: Host | None = None
         self._lost = False  # another process ended or took this run: write nothing more
         # Output events of steps created with store_output_events=True (bounded).
         self._outputs: list[_snapshot.OutputRecord] = []
@@ -332,7 +352,7 @@ class Run:
 
     async def resume(
         self,
-        step: str | Step[Any, Any] | Workflow | list[str] | None = None,
+        step: str | Step[Any, Any] | Graph | list[str] | None = None,
         resume_data: Any = None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -421,7 +441,7 @@ class Run:
         return cancel_result(self._status)
 
     async def _cancel_durable(
-        self, engine: Engine, reason: object, grace_period: float
+        self, engine: Host, reason: object, grace_period: float
     ) -> CancelResult:
         """Cancel a durable run executing here. The request (and its reason) is stored
         before the run is interrupted, so a crash in between cannot let recovery run the
@@ -472,7 +492,7 @@ class Run:
         A durable run that executes in another process (or ended there) is followed
         through storage: first the output events its steps stored, then its stored
         transitions, until it ends or suspends."""
-        return self._watchers.watch(buffer, partial(_follow.follow_elsewhere, self))
+        return self._watchers.watch(buffer, partial(_follow_elsewhere, self))
 
     async def send_event(self, name: str, data: Any = None) -> None:
         """Deliver an event to `.wait_for_event(name, ...)`: kept until waited for.
@@ -501,7 +521,7 @@ class Run:
             self._event_arrived.set()
             self._event_arrived = None
 
-    async def _store_event(self, engine: Engine, name: str, data: Any) -> None:
+    async def _store_event(self, engine: Host, name: str, data: Any) -> None:
         """Send an event to a durable run that does not execute here: stored, and taken
         by the process that executes the run as soon as it hears of it (as of a cancel
         request), or by the engine that starts or resumes it."""
@@ -927,7 +947,7 @@ class Run:
         self._outputs = list(snapshot.outputs)
 
     @classmethod
-    def _from_row(cls, workflow: Workflow, row: RunRow, engine: Engine) -> Run:
+    def _from_row(cls, workflow: Graph, row: RunRow, engine: Host) -> Run:
         run = cls(workflow, row.run_id)
         run._engine = engine
         run._load_row(row)
@@ -980,7 +1000,7 @@ class Run:
             "only a suspended run can be resumed"
         )
 
-    def _suspended_path(self, step: str | Step[Any, Any] | Workflow | list[str] | None) -> str:
+    def _suspended_path(self, step: str | Step[Any, Any] | Graph | list[str] | None) -> str:
         if step is None or isinstance(step, str):
             wanted = step
         elif isinstance(step, list | tuple):
@@ -1000,7 +1020,7 @@ def _retype(value: Any, schema: Any) -> Any:
         return value
 
 
-def _retype_output(workflow: Workflow, path: str, output: Any) -> Any:
+def _retype_output(workflow: Graph, path: str, output: Any) -> Any:
     target = _find_step(workflow, path.split("."))
     schema = None if target is None else target.output_schema
     if schema is None or output is None:
@@ -1013,7 +1033,7 @@ def _retype_output(workflow: Workflow, path: str, output: Any) -> Any:
     return output
 
 
-def _retype_record(workflow: Workflow, path: str, record: _snapshot.StepRecord) -> StepResult:
+def _retype_record(workflow: Graph, path: str, record: _snapshot.StepRecord) -> StepResult:
     """A stored step record with its output, suspend and resume payloads typed back."""
     result = _snapshot.step_result(record, _retype_output(workflow, path, record.output))
     target = _find_step(workflow, path.split("."))
@@ -1028,7 +1048,7 @@ def _retype_record(workflow: Workflow, path: str, record: _snapshot.StepRecord) 
     )
 
 
-def _retype_progress(workflow: Workflow, path: str, value: Any) -> Any:
+def _retype_progress(workflow: Graph, path: str, value: Any) -> Any:
     """Stored progress typed back: a loop's last output, a foreach's finished outputs,
     an event's data, so that a recovered run hands its steps what the original did."""
     node = _find_node(workflow, path.split("."))
@@ -1042,20 +1062,20 @@ def _retype_progress(workflow: Workflow, path: str, value: Any) -> Any:
     return value
 
 
-def _state_schema(workflow: Workflow, prefix: str) -> Any:
+def _state_schema(workflow: Graph, prefix: str) -> Any:
     """The state schema of the workflow whose state is kept under `prefix`."""
     if prefix == "":
         return workflow.state_schema
     nested = _find_step(workflow, prefix[:-1].split("."))
-    return nested.state_schema if isinstance(nested, Workflow) else None
+    return None if nested is None or isinstance(nested, Step) else nested.state_schema
 
 
-def _event_schema(workflow: Workflow, name: str) -> Any:
+def _event_schema(workflow: Graph, name: str) -> Any:
     node = _find_event_node(workflow, name)
     return None if node is None else node.step.resume_schema
 
 
-def _find_node(workflow: Workflow, parts: list[str]) -> Node | None:
+def _find_node(workflow: Graph, parts: list[str]) -> Node | None:
     """The node that records under a dotted path of ids."""
     head, rest = parts[0], parts[1:]
     for node in workflow.nodes:
@@ -1064,7 +1084,7 @@ def _find_node(workflow: Workflow, parts: list[str]) -> Node | None:
         if not rest:
             return node
         for candidate in node_steps(node):
-            if candidate.id == head and isinstance(candidate, Workflow):
+            if candidate.id == head and not isinstance(candidate, Step):
                 if rest[0].isdigit():  # a foreach item of a nested workflow
                     rest = rest[1:]
                 return _find_node(candidate, rest) if rest else None
@@ -1083,7 +1103,7 @@ def _check_timeout(timeout: object) -> float:
     return float(timeout)
 
 
-def _initial_state(workflow: Workflow, initial_state: Any) -> Any:
+def _initial_state(workflow: Graph, initial_state: Any) -> Any:
     schema = workflow.state_schema
     if initial_state is None:
         try:
@@ -1096,7 +1116,7 @@ def _initial_state(workflow: Workflow, initial_state: Any) -> Any:
     return convert(initial_state, schema, step_id=None, what="state")
 
 
-def _find_step(workflow: Workflow, parts: list[str]) -> Step[Any, Any] | Workflow | None:
+def _find_step(workflow: Graph, parts: list[str]) -> Step[Any, Any] | Graph | None:
     """The step or nested workflow at a dotted path of ids."""
     head, rest = parts[0], parts[1:]
     for node in workflow.nodes:
@@ -1104,20 +1124,38 @@ def _find_step(workflow: Workflow, parts: list[str]) -> Step[Any, Any] | Workflo
             if candidate.id == head:
                 if not rest:
                     return candidate
-                if isinstance(candidate, Workflow):
+                if not isinstance(candidate, Step):  # a nested workflow
                     if rest and rest[0].isdigit():  # a foreach item of a nested workflow
                         rest = rest[1:]
                     return _find_step(candidate, rest)
     return None
 
 
-def _find_event_node(workflow: Workflow, name: str) -> WaitEventNode | None:
+def _find_event_node(workflow: Graph, name: str) -> WaitEventNode | None:
     for node in workflow.nodes:
         if isinstance(node, WaitEventNode) and node.name == name:
             return node
         for candidate in node_steps(node):
-            if isinstance(candidate, Workflow):
+            if not isinstance(candidate, Step):  # a nested workflow
                 found = _find_event_node(candidate, name)
                 if found is not None:
                     return found
     return None
+
+
+async def _follow_elsewhere(run: Run, watcher: ev.Watcher) -> bool:
+    """Feed `watcher` from storage if `run` executes (or ended) somewhere else; False
+    when its events will be emitted in this process (it is pending or suspended here,
+    or executing here)."""
+    engine = run._engine
+    if engine is None or run._executing:
+        return False
+    row = await engine.storage.load(run.run_id)
+    if engine._live.get(run.run_id) is run:  # claimed here meanwhile: about to execute
+        return False
+    if run._executing or row.status not in (*EXECUTING_STATUSES, "success", "failed", "canceled"):
+        return False
+    follower = _follow.StoredEvents(engine.storage, run.run_id, engine.poll_interval, watcher)
+    follower.take(row, first=True)
+    watcher.refill = follower.refill
+    return True

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import trio
@@ -36,9 +36,10 @@ from ._schema import convert
 from .storage import ScheduleState
 
 if TYPE_CHECKING:
-    from ._engine import Engine
+    from ._queues import QueueLimits
     from ._run import Run
     from ._workflow import Workflow
+    from .storage import RunRow, Storage
 
 logger = logging.getLogger("trioflow")
 
@@ -205,7 +206,32 @@ def check_workflows(schedules: dict[str, Schedule], workflows: Iterable[Workflow
 # --- what an engine does for its schedules ----------------------------------------------
 
 
-async def set_paused(engine: Engine, schedule_id: str, paused: bool) -> ScheduleState:
+class ScheduleHost(Protocol):
+    """What firing schedules needs of an engine (`_engine.Engine`). Written down here,
+    where it is needed: the engine imports this module, so this one does not import
+    the engine (not even for type checking)."""
+
+    storage: Storage
+    schedules: dict[str, Schedule]
+    workers: int
+    owner_id: str
+    lease_seconds: float
+    _served: list[QueueLimits]
+    _live: dict[str, Run]
+
+    async def _enqueue(
+        self,
+        workflow: str | Workflow,
+        input_data: Any,
+        entry: QueueEntry,
+        run_id: str | None,
+        initial_state: Any = None,
+        version: str | None = None,
+    ) -> tuple[Run, bool]: ...
+    def _start_claimed(self, row: RunRow) -> None: ...
+
+
+async def set_paused(engine: ScheduleHost, schedule_id: str, paused: bool) -> ScheduleState:
     """`Engine.pause_schedule` / `resume_schedule`: the stored flag every engine reads
     before each fire."""
     state = await engine.storage.set_schedule_paused(schedule_id, paused, wall_time())
@@ -217,7 +243,7 @@ async def set_paused(engine: Engine, schedule_id: str, paused: bool) -> Schedule
     return state
 
 
-async def trigger(engine: Engine, schedule_id: str) -> Run:
+async def trigger(engine: ScheduleHost, schedule_id: str) -> Run:
     """`Engine.trigger_schedule`: fire now."""
     schedule = engine.schedules.get(schedule_id)
     if schedule is None:
@@ -228,7 +254,7 @@ async def trigger(engine: Engine, schedule_id: str) -> Run:
     return await fire(engine, schedule, wall_time())
 
 
-async def fire(engine: Engine, schedule: Schedule, at: float) -> Run:
+async def fire(engine: ScheduleHost, schedule: Schedule, at: float) -> Run:
     """The run of `schedule` for fire time `at`: stored once across all engines (its
     id names the fire), queued in the default queue. The engine that stored it starts
     it at once unless it serves the default queue itself (then it takes it from
@@ -257,7 +283,7 @@ async def sleep_until_wall(when: float) -> None:
 
 
 async def serve_schedules(
-    engine: Engine,
+    engine: ScheduleHost,
     schedules: list[Schedule],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -280,7 +306,7 @@ async def serve_schedules(
         task_status.started()
 
 
-async def _serve_one(engine: Engine, schedule: Schedule, handled: float) -> None:
+async def _serve_one(engine: ScheduleHost, schedule: Schedule, handled: float) -> None:
     """Fire `schedule` at each of its times after `handled`, unless it is paused then."""
     while True:
         at = schedule.next_fire(handled)
@@ -297,7 +323,7 @@ async def _serve_one(engine: Engine, schedule: Schedule, handled: float) -> None
         await _advance(engine, schedule, at)
 
 
-async def _fire_logged(engine: Engine, schedule: Schedule, at: float) -> None:
+async def _fire_logged(engine: ScheduleHost, schedule: Schedule, at: float) -> None:
     """Fire once. A storage that fails is tried again for a while (the run id makes a
     retry harmless); whatever else goes wrong is logged with the fire it lost, and the
     schedule goes on: one failed fire never stops the engine or the later fires."""
@@ -316,7 +342,7 @@ async def _fire_logged(engine: Engine, schedule: Schedule, at: float) -> None:
     logger.error("schedule %s: gave up firing %s; it is lost", schedule.id, run_id)
 
 
-async def _advance(engine: Engine, schedule: Schedule, until: float) -> None:
+async def _advance(engine: ScheduleHost, schedule: Schedule, until: float) -> None:
     try:
         await engine.storage.advance_schedule(schedule.id, until)
     except StorageError as exc:

@@ -1,25 +1,29 @@
-"""Steps: typed units of work, and the context each execution receives."""
+"""Steps: typed units of work, and the context each execution receives.
+
+A step describes; the executor runs it. A context reaches the execution only through
+`StepFrame` and `StepRun` below, the few things of a frame and a run it uses, written
+down here where they are needed (STYLE.md #3): the executor and the run import this
+module, so it imports neither. They cost nothing at run time: a context holds the
+executor's `Frame` itself, and a protocol is only read by the type checker.
+"""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
+from typing import Any, Generic, NoReturn, Protocol, TypeVar, overload
 
 import msgspec
 import trio
 
 from . import _events as ev
 from . import _snapshot
+from ._abort import AbortSignal
 from ._clock import wall_time
 from ._errors import AbortError
 from ._logs import PendingLogs, StepLogger
 from ._retry import check_count, check_timeout
-
-if TYPE_CHECKING:
-    from ._abort import AbortSignal
-    from ._executor import Frame
 
 InputT = TypeVar("InputT")
 OutputT = TypeVar("OutputT")
@@ -176,6 +180,50 @@ def step(
     return decorate
 
 
+class Saver(Protocol):
+    """What a run's steps need of the engine that stores the run (`_engine.Engine`).
+    `run` is the `_run.Run`, which this module cannot name."""
+
+    async def _save(self, run: Any, *, release: bool, unless_only: str | None = None) -> None: ...
+
+
+class StepRun(Protocol):
+    """What a context reads and writes of its run (`_run.Run`)."""
+
+    run_id: str
+    cancel_requested: bool
+    _outputs: list[_snapshot.OutputRecord]
+    _watchers: ev.Watchers
+    _logs: PendingLogs | None
+
+    @property
+    def _engine(self) -> Saver | None: ...
+    def _request_cancel(self, reason: object, *, cancel_scope: bool) -> bool: ...
+
+
+class _Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+class StepFrame(Protocol):
+    """What a context reads of the frame it is made in (`_executor.Frame`): one workflow
+    level of an execution."""
+
+    @property
+    def run(self) -> StepRun: ...
+    @property
+    def workflow(self) -> _Identified: ...
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def init_data(self) -> Any: ...
+    @property
+    def state(self) -> Any: ...
+    def set_state(self, value: Any) -> None: ...
+    def get_step_result(self, step: Step[Any, Any] | str) -> Any: ...
+
+
 class StepContext(Generic[InputT]):
     """What a step's `execute` receives."""
 
@@ -192,7 +240,7 @@ class StepContext(Generic[InputT]):
 
     def __init__(
         self,
-        frame: Frame,
+        frame: StepFrame,
         input_data: InputT,
         abort_signal: AbortSignal,
         resume_data: Any,
@@ -318,7 +366,7 @@ class ConditionContext(Generic[InputT]):
 
     __slots__ = ("_frame", "input_data", "iteration_count")
 
-    def __init__(self, frame: Frame, input_data: InputT, iteration_count: int = 0) -> None:
+    def __init__(self, frame: StepFrame, input_data: InputT, iteration_count: int = 0) -> None:
         self._frame = frame
         self.input_data = input_data
         self.iteration_count = iteration_count

@@ -1,6 +1,9 @@
-"""The workflow builder and the frozen graph of nodes it commits.
+"""The workflow builder: `Workflow`, which builds the frozen graph of nodes
+(`_graph`) and commits it, and whose `create_run()` makes a `Run` of it.
 
-This module only describes; `_executor` walks the graph.
+It describes; `_executor` walks the graph. It is the one describing module above the
+run: `create_run()` returns a `Run`, so it imports `_run`, and nothing below the run
+imports it (the run reads a committed workflow as a `_graph.Graph`).
 """
 
 from __future__ import annotations
@@ -8,95 +11,28 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
+import trio
 
-from ._retry import NO_RETRIES, RetryConfig
-from ._step import Step, check_id
-
-if TYPE_CHECKING:
-    from ._run import Run
-
-Condition = Callable[[Any], Any]
-
-
-class StepNode:
-    __slots__ = ("step",)
-
-    def __init__(self, step: Step[Any, Any] | Workflow) -> None:
-        self.step = step
-
-
-class ParallelNode:
-    __slots__ = ("steps",)
-
-    def __init__(self, steps: tuple[Step[Any, Any] | Workflow, ...]) -> None:
-        self.steps = steps
-
-
-class BranchNode:
-    __slots__ = ("branches",)
-
-    def __init__(self, branches: tuple[tuple[Condition, Step[Any, Any] | Workflow], ...]) -> None:
-        self.branches = branches
-
-
-class LoopNode:
-    __slots__ = ("condition", "step", "until")
-
-    def __init__(self, step: Step[Any, Any] | Workflow, condition: Condition, until: bool) -> None:
-        self.step = step
-        self.condition = condition
-        self.until = until
-
-
-class ForeachNode:
-    __slots__ = ("concurrency", "step")
-
-    def __init__(self, step: Step[Any, Any] | Workflow, concurrency: int) -> None:
-        self.step = step
-        self.concurrency = concurrency
-
-
-class MapNode:
-    __slots__ = ("fn", "id")
-
-    def __init__(self, id: str, fn: Callable[[Any], Any]) -> None:
-        self.id = id
-        self.fn = fn
-
-
-class SleepNode:
-    """`.sleep()` (``until=False``: seconds) or `.sleep_until()` (a wall-clock time)."""
-
-    __slots__ = ("id", "until", "when")
-
-    def __init__(self, id: str, when: Any, until: bool) -> None:
-        self.id = id
-        self.when = when
-        self.until = until
-
-
-class WaitEventNode:
-    __slots__ = ("name", "step", "timeout")
-
-    def __init__(self, name: str, step: Step[Any, Any], timeout: float | None = None) -> None:
-        self.name = name
-        self.step = step
-        self.timeout = timeout
-
-
-Node = (
-    StepNode
-    | ParallelNode
-    | BranchNode
-    | LoopNode
-    | ForeachNode
-    | MapNode
-    | SleepNode
-    | WaitEventNode
+from ._graph import (
+    BranchNode,
+    Condition,
+    ForeachNode,
+    Graph,
+    LoopNode,
+    MapNode,
+    Node,
+    ParallelNode,
+    SleepNode,
+    StepNode,
+    WaitEventNode,
+    node_ids,
 )
+from ._retry import NO_RETRIES, RetryConfig
+from ._run import Run
+from ._step import Step, check_id
 
 
 def _check_runnable(what: str, step: object) -> Step[Any, Any] | Workflow:
@@ -311,12 +247,8 @@ class Workflow:
 
     async def create_run(self, run_id: str | None = None) -> Run:
         """A new in-memory run of this workflow (its id a UUID4 string unless given)."""
-        from ._run import Run
-
         if not self.committed:
             raise RuntimeError(f"workflow {self.id!r} is not committed; call .commit() first")
-        import trio
-
         await trio.lowlevel.checkpoint()
         return Run(self, run_id)
 
@@ -362,8 +294,8 @@ def _node_shape(node: Node) -> dict[str, Any]:
     return {"kind": "wait_for_event", "name": node.name, "step": _runnable_shape(node.step)}
 
 
-def _runnable_shape(step: Step[Any, Any] | Workflow) -> dict[str, Any]:
-    if isinstance(step, Workflow):
+def _runnable_shape(step: Step[Any, Any] | Graph) -> dict[str, Any]:
+    if not isinstance(step, Step):  # a nested workflow
         return {"workflow": step.id, "version": step.version}
     return {
         "id": step.id,
@@ -383,24 +315,6 @@ def _schema(schema: Any) -> Any:
         return msgspec.json.schema(schema)
     except (TypeError, ValueError):
         return f"{getattr(schema, '__module__', '')}.{getattr(schema, '__qualname__', schema)}"
-
-
-def node_steps(node: Node) -> list[Step[Any, Any] | Workflow]:
-    """The steps and nested workflows a node runs."""
-    if isinstance(node, ParallelNode):
-        return list(node.steps)
-    if isinstance(node, BranchNode):
-        return [s for _, s in node.branches]
-    if isinstance(node, MapNode | SleepNode):
-        return []
-    return [node.step]
-
-
-def node_ids(node: Node) -> list[str]:
-    """The step ids a node records results under."""
-    if isinstance(node, MapNode | SleepNode):
-        return [node.id]
-    return [s.id for s in node_steps(node)]
 
 
 def create_workflow(

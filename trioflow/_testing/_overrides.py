@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeAlias
 
-from .._step import Step
-from .._workflow import (
+from .._graph import (
     BranchNode,
     ForeachNode,
     LoopNode,
@@ -16,9 +15,10 @@ from .._workflow import (
     SleepNode,
     StepNode,
     WaitEventNode,
-    Workflow,
     node_steps,
 )
+from .._step import Step
+from .._workflow import Workflow
 
 Fake: TypeAlias = Step[Any, Any] | Callable[[Any], Any]
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import msgspec
 
-from .._step import Step
-from .._workflow import (
+from .._graph import (
     BranchNode,
     ForeachNode,
+    Graph,
     LoopNode,
     MapNode,
     Node,
@@ -19,10 +19,11 @@ from .._workflow import (
     SleepNode,
     StepNode,
     WaitEventNode,
-    Workflow,
     node_ids,
     node_steps,
 )
+from .._step import Step
+from .._workflow import Workflow
 from ._types import NodeInfo, NodeKind, StepInfo, WorkflowInfo
 
 
@@ -78,8 +79,8 @@ def _describe_node(node: Node) -> NodeInfo:
     )
 
 
-def _describe_step(step: Step[Any, Any] | Workflow) -> StepInfo:
-    if isinstance(step, Workflow):
+def _describe_step(step: Step[Any, Any] | Graph) -> StepInfo:
+    if not isinstance(step, Step):  # a nested workflow
         return StepInfo(
             id=step.id,
             kind="workflow",
