@@ -549,6 +549,13 @@ class Engine:
         if run._save_lock is None:
             run._save_lock = trio.Lock()
         lock = run._save_lock
+        if (  # no write under way (it could hold ends this call must wait for)
+            not lock.locked()
+            and not release
+            and run._status == run._stored_status
+            and journal.nothing_new(run, unless_only)
+        ):
+            return
         with trio.CancelScope(shield=True):
             try:  # uncontended (one save at a time): no extra pass through the scheduler
                 lock.acquire_nowait()
