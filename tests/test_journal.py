@@ -263,7 +263,8 @@ async def test_a_running_step_is_seen_running_by_another_engine_and_runs_watch(
             try:
                 assert watcher.stdout is not None
                 out = b""
-                while b'"step_id":"s2"' not in out:
+                # One look at the run shows both (the running one first, then the end).
+                while b'"step_id":"s2"' not in out or b'"step_id":"s1"' not in out:
                     chunk = await watcher.stdout.receive_some()
                     assert chunk, out
                     out += chunk
