@@ -1,4 +1,4 @@
-"""Durable runs on SQLite: what a snapshot per step costs, and how fast a cancel reaches a
+"""Durable runs on SQLite: what a write per step costs, and how fast a cancel reaches a
 run executing in another process.
 
 Run with ``python benchmarks/durable.py [--json] [--quick]``; ``benchmarks/run.py`` runs
@@ -11,13 +11,13 @@ What is compared (the fairness rules):
 * **A durable step.** trioflow: a run of 200 trivial steps, and a ``dountil`` loop of
   1,000 iterations, each on an engine with ``SQLiteStorage`` (WAL, ``synchronous=NORMAL``,
   the defaults), from ``engine.create_run()`` to ``run.start()`` returning, divided by the
-  number of steps. trioflow writes one snapshot per step (per iteration in the loop) and
-  a few per run (the claim, the start, the end). Baseline: the same number of bare
-  ``sqlite3`` writes as steps, each ``await trio.to_thread.run_sync(conn.execute, UPDATE
-  ...)`` of one row's BLOB under a ``CapacityLimiter(1)`` (what the storage does), on a
-  file in the same folder with the same pragmas, in the same process, the BLOBs of the
-  sizes trioflow's snapshots had in that workload, in the same order (measured, not
-  guessed; see `BareWriter`). Target: at most 1.5 times the baseline.
+  number of steps. trioflow appends the entries of what changed once per step (per
+  iteration in the loop), plus the run's creation and start. Baseline: the same number
+  of bare ``sqlite3`` writes as steps, each ``await trio.to_thread.run_sync(conn.execute,
+  INSERT ...)`` of one row under a ``CapacityLimiter(1)``, on a file in the same folder
+  with the same pragmas, in the same process, the rows of the sizes trioflow's writes
+  had in that workload, in the same order (measured, not guessed; see `BareWriter`).
+  Target: at most 1.5 times the baseline.
 * **Cross-process cancel latency.** A second process (this file with ``--serve``) runs
   an engine on the same file and executes runs whose step blocks; this process calls
   ``await run.cancel()`` through its own engine and times it until it returns, which is
@@ -76,28 +76,28 @@ def loop_workflow(iterations: int) -> trioflow.Workflow:
 
 
 class MeasuredStorage(trioflow.SQLiteStorage):
-    """SQLiteStorage that records the size of each snapshot it writes (sizing runs)."""
+    """SQLiteStorage that records the bytes of journal entries of each write (sizing
+    runs)."""
 
     sizes: list[int]
 
-    async def save(self, run_id: str, status: Any, snapshot: bytes, *args: Any, **kw: Any) -> bool:
-        self.sizes.append(len(snapshot))
-        return await super().save(run_id, status, snapshot, *args, **kw)
+    async def save_many(self, writes: Any, owner: str, now: float) -> list[bool]:
+        self.sizes += [sum(len(entry) for entry in write.entries) for write in writes]
+        return await super().save_many(writes, owner, now)
 
 
 class BareWriter:
-    """One row whose BLOB is rewritten, as plainly as sqlite3 and Trio allow, with
-    BLOBs of the sizes trioflow's snapshots had, in the same order. (Different bytes
-    each time, as snapshots are: SQLite skips pages whose bytes did not change; and
-    sizes that change, as a run's snapshot grows: a row that changes size frees and
-    allocates overflow pages, which a fixed-size row does not.)"""
+    """Rows appended, as plainly as sqlite3 and Trio allow, each a BLOB of the size of
+    the entries of one of trioflow's writes, in the same order (random bytes, so that no
+    page is skipped as unchanged)."""
 
     def __init__(self, path: Path, sizes: list[int]) -> None:
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("CREATE TABLE IF NOT EXISTS bare (id TEXT PRIMARY KEY, data BLOB)")
-        self.conn.execute("INSERT OR REPLACE INTO bare VALUES ('row', x'00')")
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS bare (id INTEGER PRIMARY KEY, data BLOB NOT NULL)"
+        )
         self.blobs = [os.urandom(size) for size in sizes]
         self.writes = 0
         self.limiter = trio.CapacityLimiter(1)
@@ -107,7 +107,7 @@ class BareWriter:
         self.writes += 1
         await trio.to_thread.run_sync(
             self.conn.execute,
-            "UPDATE bare SET data = ? WHERE id = 'row'",
+            "INSERT INTO bare (data) VALUES (?)",
             (blob,),
             limiter=self.limiter,
         )
@@ -168,10 +168,10 @@ async def bench_step(
         "max_ratio": 1.5,
         "max_abs": None,
         "notes": [
-            f"baseline: a bare sqlite3 UPDATE of a BLOB from a worker thread, {min(sizes)} to "
-            f"{max(sizes)} bytes like trioflow's snapshots",
-            f"trioflow writes {writes} snapshots per run of {steps} steps, "
-            f"{mean_size} bytes on average (WAL, synchronous=NORMAL)",
+            f"baseline: a bare sqlite3 INSERT of a BLOB from a worker thread, {min(sizes)} to "
+            f"{max(sizes)} bytes like trioflow's writes",
+            f"trioflow makes {writes} writes per run of {steps} steps after its start, "
+            f"{mean_size} bytes of entries on average (WAL, synchronous=NORMAL)",
         ],
     }
 
