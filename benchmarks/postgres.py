@@ -27,9 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import msgspec
 import trio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,8 +83,9 @@ async def throughput(dsn: str, workers: int, runs: int, concurrency: int, tmp: P
             last_end = 0.0
             for run_id in ids:
                 row = await storage.load(run_id)
-                snapshot: Any = msgspec.json.decode(row.snapshot)
-                first_start = min(first_start, snapshot["steps"]["s1"]["started_at"])
+                started = trioflow._journal.of_row(row).steps["s1"].started_at
+                assert started is not None
+                first_start = min(first_start, started)
                 last_end = max(last_end, row.updated_at)
         finally:
             stop(procs)
