@@ -52,8 +52,11 @@ from ._base import (
 
 T = TypeVar("T")
 
-# Writes at most this big (in bytes of entries and snapshots) may run on the Trio thread.
+# Writes at most this big (in bytes of entries and snapshots) may run on the Trio thread,
+# and batches of at most this many (a big batch of a busy engine goes to a worker
+# thread: SQLite works there while this thread's Python goes on, on another core).
 INLINE_BYTES = 64 * 1024
+INLINE_ITEMS = 4
 # After this many inline writes, the next call checkpoints the WAL in a worker thread
 # (automatic checkpoints, which would run inline in the committing call, are off).
 CHECKPOINT_EVERY = 200
@@ -393,7 +396,7 @@ class SQLiteStorage(Storage):
             return stored
 
         size = sum(len(run.snapshot) for run in runs)
-        return await self._call(work, inline=size <= INLINE_BYTES)
+        return await self._call(work, inline=_small(len(runs), size))
 
     async def load(self, run_id: str) -> RunRow:
         def work(conn: sqlite3.Connection) -> RunRow:
@@ -425,7 +428,7 @@ class SQLiteStorage(Storage):
             return saved
 
         size = sum(len(data) for write in writes for data in write.entries)
-        saved = await self._call(work, inline=size <= INLINE_BYTES)
+        saved = await self._call(work, inline=_small(len(writes), size))
         for write, ok in zip(writes, saved, strict=True):
             if ok and not write.release:
                 self._saved[write.run_id] = (owner, write.status)
@@ -455,7 +458,7 @@ class SQLiteStorage(Storage):
             return rows
 
         size = sum(len(data) for claim in claims if claim.start for data in claim.start.entries)
-        rows = await self._call(work, inline=size <= INLINE_BYTES)
+        rows = await self._call(work, inline=_small(len(claims), size))
         for claim, row in zip(claims, rows, strict=True):
             if row is not None and claim.start is not None:
                 self._saved[claim.run_id] = (claim.owner, claim.start.status)
@@ -841,6 +844,10 @@ class SQLiteStorage(Storage):
 
 def _query(conn: sqlite3.Connection) -> _queue_sql.Query:
     return lambda sql, params: conn.execute(sql, params).fetchall()
+
+
+def _small(items: int, size: int) -> bool:
+    return items <= INLINE_ITEMS and size <= INLINE_BYTES
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
