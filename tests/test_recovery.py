@@ -111,6 +111,15 @@ class Place:
             while not any(w == what and s == step for w, s, _ in self.lines()):  # noqa: ASYNC110
                 await trio.sleep(0.005)
 
+    async def wait_stored(self, step: str, status: str, run_id: str = "r1") -> None:
+        """Poll the stored run (another process writes it) until `step` is `status`."""
+        with trio.fail_after(10):
+            while True:
+                record = _journal.of_row(await self.row(run_id)).steps.get(step)
+                if record is not None and record.status == status:
+                    return
+                await trio.sleep(0.005)
+
     def engine(self) -> Any:
         return durable_app.engine(str(self.db), durable_app.make_workflows(self.log))
 
@@ -388,6 +397,7 @@ async def test_an_executor_stopped_past_its_lease_starts_no_further_step(place: 
     app = await place.spawn("start", "sleepy", "r1", '{"nap": 1.5}')
     assert await app.line() == "ready"
     await place.wait_logged("start", "s1")
+    await place.wait_stored("s1", "success")  # so it is stopped in its nap
     os.kill(app.pid, signal.SIGSTOP)
     try:
         result = await place.recover()  # here, once the stopped process's lease expired
