@@ -350,14 +350,7 @@ class Journal:
             elif previous is not None and previous.payload is payload:
                 ref = SAME
             else:
-                source = self._by_output.get(id(payload))
-                for written_path, written_record in written.items():
-                    if written_record.output is payload:
-                        source = written_path
-                if source is not None:
-                    stored = written.get(source) or self._stored_steps.get(source)
-                    if stored is not None and stored.output is payload:
-                        ref = OUTPUT + source
+                ref = self._output_ref(payload, written)
         output_is_payload = record.output is payload and payload is not None
         return StepSet(
             path=path,
@@ -373,20 +366,24 @@ class Journal:
             output_is_payload=output_is_payload,
         )
 
+    def _output_ref(self, value: Any, written: dict[str, StepResult]) -> str | None:
+        """``OUTPUT + path`` if `value` is the output of the step at `path` as stored
+        (or as written by the entries being made), else None. By identity: a value
+        equal but built anew is not known to be stored."""
+        source = self._by_output.get(id(value))
+        for path, record in written.items():
+            if record.output is value:
+                source = path
+        if source is None:
+            return None
+        stored = written.get(source) or self._stored_steps.get(source)
+        return OUTPUT + source if stored is not None and stored.output is value else None
+
     def _run_entry(self, run: Run, fields: RunSet, written: dict[str, StepResult]) -> bytes:
         """The run's fields, and its result or where it is stored already (a run's
         result is nearly always its last step's output)."""
         result = run._result
-        result_ref = None
-        if result is not None:
-            source = self._by_output.get(id(result))
-            for path, record in written.items():
-                if record.output is result:
-                    source = path
-            if source is not None:
-                stored = written.get(source) or self._stored_steps.get(source)
-                if stored is not None and stored.output is result:
-                    result_ref = OUTPUT + source
+        result_ref = None if result is None else self._output_ref(result, written)
         entry = msgspec.structs.replace(
             fields, result=None if result_ref else result, result_ref=result_ref
         )
