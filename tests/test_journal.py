@@ -497,3 +497,47 @@ async def test_a_kill_during_a_batch_commit_loses_no_acknowledged_step(tmp_path:
     async with trioflow.SQLiteStorage(db) as reader:
         after = {run_id: _journal.of_row(await reader.load(run_id)) for run_id in run_ids}
     assert {key: after[key[0]].steps[key[1]] for key in acknowledged} == acknowledged
+
+
+# -- a write that failed, then more changes ---------------------------------------------------
+
+
+class _TableRun:
+    """The little of a run `Journal.take` reads."""
+
+    def __init__(self) -> None:
+        self.run_id = "t1"
+        self._steps: _journal.Tracked[Any] = _journal.Tracked()
+        self._progress: _journal.Tracked[Any] = _journal.Tracked()
+        self._states: _journal.Tracked[Any] = _journal.Tracked()
+        self._input: Any = "in"
+        self._result: Any = None
+        self._outputs: list[Any] = []
+
+    def _run_fields(self) -> _journal.RunSet:
+        return _journal.RunSet(status="running")
+
+
+def test_changes_given_back_by_a_failed_write_are_stored_by_the_next() -> None:
+    run = _TableRun()
+    journal = _journal.Journal(0, input_stored=False, outputs_stored=0)
+    run._steps["a"] = trioflow.StepResult(status="success", output=1, payload="in")
+    run._progress["loop"] = (1, "x", False)
+    journal.take(run)
+    del run._progress["loop"]  # changed again while that write was under way,
+    run._steps["b"] = trioflow.StepResult(status="running", payload=1)
+    journal.not_stored(run)  # and the write failed: its changes are noted again
+    entries = journal.take(run)
+    journal.stored(len(entries))
+    header = trioflow._snapshot.encode(
+        trioflow._snapshot.Snapshot(run_id="t1", workflow_id="w", status="pending")
+    )
+    folded = _journal.fold("t1", header, entries)
+    assert folded.input == "in"
+    assert {path: r.status for path, r in folded.steps.items()} == {
+        "a": "success",
+        "b": "running",
+    }
+    assert folded.steps["b"].payload == 1  # the output of "a", referred to
+    assert folded.progress == {}
+    assert journal.seq == len(entries)

@@ -263,7 +263,9 @@ class Journal:
             if removed:
                 entries.append(encode(Removed(table="steps", keys=list(removed)), ""))
             for path in changed:
-                record = steps[path]
+                record = steps.get(path)
+                if record is None:  # set, then removed: its removal is noted
+                    continue
                 entries.append(encode(self._step_entry(run, path, record, written), path))
                 written[path] = record
             tables: tuple[tuple[Literal["progress", "states"], Any, Tracked[Any]], ...] = (
@@ -274,9 +276,9 @@ class Journal:
                 if removed:
                     entries.append(encode(Removed(table=table_name, keys=list(removed)), ""))
                 for key in changed:
-                    entries.append(
-                        encode(TableSet(table=table_name, key=key, value=table[key]), key)
-                    )
+                    if key in table:
+                        entry = TableSet(table=table_name, key=key, value=table[key])
+                        entries.append(encode(entry, key))
                 for path, index in items:
                     if path in table and path not in changed:
                         output = table[path][index]
