@@ -211,18 +211,15 @@ def _begin(
     key: Key,
     previous: StepResult | None = None,
 ) -> None:
-    """Record `path` running (`previous`: its record from an earlier execution)."""
+    """Record `path` running (`previous`: its record from an earlier execution).
+    (Inlined in `begin_step` and `_run_loop`, the hot path.)"""
     state.begin_step(path, value, key, previous)
     if run._watchers.channels:
-        run._watchers.emit(ev.WorkflowStepStart(run_id=run.run_id, step_id=path, payload=value))
+        _emit_start(run, path, value)
 
 
-def _succeed(run: RunState, state: ExecutionState, path: str, output: Any, value: Any) -> None:
-    """`_end` for the common outcome, without its keyword plumbing (the hot path)."""
-    if run._watchers.channels:
-        _end(run, path, "success", output=output, payload=value)
-    else:
-        state.succeed(path, output, value)
+def _emit_start(run: RunState, path: str, value: Any) -> None:
+    run._watchers.emit(ev.WorkflowStepStart(run_id=run.run_id, step_id=path, payload=value))
 
 
 def _end(run: RunState, path: str, status: str, **fields: Any) -> None:
@@ -284,7 +281,9 @@ def begin_step(
             return False, record.output
         if record.status == "suspended":
             resume_data = record.resume_payload
-    _begin(run, state, path, value, key, record)
+    state.begin_step(path, value, key, record)  # _begin, inline
+    if run._watchers.channels:
+        _emit_start(run, path, value)
     return True, resume_data
 
 
@@ -343,7 +342,10 @@ async def finish_step(
             raise StopRun from None
         _end(run, path, "failed", error=exc, payload=value)
         raise FailRun(exc, path) from None
-    _succeed(run, frame.exec_state, path, output, value)
+    if run._watchers.channels:
+        _end(run, path, "success", output=output, payload=value)
+    else:  # the common outcome, without `_end`'s keyword plumbing (the hot path)
+        frame.exec_state.succeed(path, output, value)
     if run._engine is not None and _others_in_flight(run, path):
         await persist(run)  # no next step will store this end soon: siblings still run
     return output
@@ -607,7 +609,9 @@ async def _run_loop(frame: Frame, node: LoopNode, value: Any, key: Key) -> Any:
         record = _replayed(run, state, path, loop=True)  # begin_step, inline
         suspended = record is not None and record.status == "suspended"
         resume_data = record.resume_payload if suspended else None  # type: ignore[union-attr]
-        _begin(run, state, path, value, key, record)
+        state.begin_step(path, value, key, record)
+        if run._watchers.channels:
+            _emit_start(run, path, value)
         value = await finish_step(frame, step, value, key, resume_data)
         iteration += 1
         try:  # the condition inline: this is the hot path of long loops
