@@ -360,9 +360,10 @@ def writes_to_state_tables(source: str) -> list[str]:
 def test_the_executor_changes_the_state_only_through_its_methods() -> None:
     """`_executor.py` never assigns into, deletes from, or changes in place a table of
     the run's `ExecutionState`: every change goes through a method of `_state.py`, so a
-    durable run's journal sees it."""
-    source, _ = package_sources()["_executor"]
-    assert writes_to_state_tables(source) == []
+    durable run's journal sees it. Nor do the run handle and the engine."""
+    sources = package_sources()
+    for module in ("_executor", "_run", "_engine"):
+        assert writes_to_state_tables(sources[module][0]) == [], module
 
 
 def test_a_write_into_a_state_table_is_caught() -> None:
