@@ -502,17 +502,22 @@ async def test_a_kill_during_a_batch_commit_loses_no_acknowledged_step(tmp_path:
 # -- a write that failed, then more changes ---------------------------------------------------
 
 
-class _TableRun:
-    """The little of a run `Journal.take` reads."""
+class _TableState:
+    """The little of a run's execution state `Journal.take` reads."""
 
     def __init__(self) -> None:
+        self.steps: _journal.Tracked[Any] = _journal.Tracked()
+        self.progress: _journal.Tracked[Any] = _journal.Tracked()
+        self.states: _journal.Tracked[Any] = _journal.Tracked()
+        self.input: Any = "in"
+        self.result: Any = None
+        self.outputs: list[Any] = []
+
+
+class _TableRun:
+    def __init__(self) -> None:
         self.run_id = "t1"
-        self._steps: _journal.Tracked[Any] = _journal.Tracked()
-        self._progress: _journal.Tracked[Any] = _journal.Tracked()
-        self._states: _journal.Tracked[Any] = _journal.Tracked()
-        self._input: Any = "in"
-        self._result: Any = None
-        self._outputs: list[Any] = []
+        self._state = _TableState()
 
     def _run_fields(self) -> _journal.RunSet:
         return _journal.RunSet(status="running")
@@ -521,11 +526,11 @@ class _TableRun:
 def test_changes_given_back_by_a_failed_write_are_stored_by_the_next() -> None:
     run = _TableRun()
     journal = _journal.Journal(0, input_stored=False, outputs_stored=0)
-    run._steps["a"] = trioflow.StepResult(status="success", output=1, payload="in")
-    run._progress["loop"] = (1, "x", False)
+    run._state.steps["a"] = trioflow.StepResult(status="success", output=1, payload="in")
+    run._state.progress["loop"] = (1, "x", False)
     journal.take(run)
-    del run._progress["loop"]  # changed again while that write was under way,
-    run._steps["b"] = trioflow.StepResult(status="running", payload=1)
+    del run._state.progress["loop"]  # changed again while that write was under way,
+    run._state.steps["b"] = trioflow.StepResult(status="running", payload=1)
     journal.not_stored(run)  # and the write failed: its changes are noted again
     entries = journal.take(run)
     journal.stored(len(entries))

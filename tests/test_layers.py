@@ -37,6 +37,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "_retry",
             "_schema",
             "_snapshot",
+            "_state",
             "_transitions",
             "_util",
         ),
@@ -310,3 +311,70 @@ def test_an_import_inside_a_function_is_caught() -> None:
     )
     assert upward(edges) != []
     assert find_cycle(edges) is not None
+
+
+# ---- the executor changes the run's state only through its methods -----------------------
+
+# The tables of `_state.ExecutionState`, and what changes one in place.
+STATE_TABLES = frozenset(
+    {"steps", "in_flight", "progress", "states", "pending_events", "outputs", "suspended"}
+)
+MUTATING_CALLS = frozenset(
+    {"note_item", "pop", "popleft", "append", "setdefault", "clear", "update", "popitem"}
+)
+
+
+def _names_a_table(node: ast.expr) -> bool:
+    """Whether `node` is a state table: ``x.steps``, ``x._steps`` (the old `Run`
+    attributes), or a local bound to one (``done`` and the like are not)."""
+    return isinstance(node, ast.Attribute) and node.attr.removeprefix("_") in STATE_TABLES
+
+
+def writes_to_state_tables(source: str) -> list[str]:
+    """Subscript assignments and deletions on a state table, and calls that change one
+    in place, in `source`: each as "line: code"."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign | ast.Delete):
+            targets = list(node.targets)
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        for target in targets:
+            if isinstance(target, ast.Subscript) and _names_a_table(target.value):
+                found.append(f"{node.lineno}: {ast.unparse(node)}")
+            elif isinstance(target, ast.Attribute) and _names_a_table(target):
+                found.append(f"{node.lineno}: {ast.unparse(node)}")  # a table replaced
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and (
+                node.func.attr == "note_item"  # on a local bound to a table, too
+                or (node.func.attr in MUTATING_CALLS and _names_a_table(node.func.value))
+            )
+        ):
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_executor_changes_the_state_only_through_its_methods() -> None:
+    """`_executor.py` never assigns into, deletes from, or changes in place a table of
+    the run's `ExecutionState`: every change goes through a method of `_state.py`, so a
+    durable run's journal sees it. Nor do the run handle and the engine."""
+    sources = package_sources()
+    for module in ("_executor", "_run", "_engine"):
+        assert writes_to_state_tables(sources[module][0]) == [], module
+
+
+def test_a_write_into_a_state_table_is_caught() -> None:
+    for line in (
+        "run._steps[path] = record",
+        "state.progress[path] = (1, None, False)",
+        "del frame.exec_state.in_flight[path]",
+        "run._state.progress.note_item(path, 0)",
+        "progress.note_item(path, 0)",
+        "state.in_flight.pop(path, None)",
+        "state.steps = {}",
+    ):
+        assert writes_to_state_tables(line) != [], line
+    assert writes_to_state_tables("done = state.progress.get(path)\nx[path] = 1") == []

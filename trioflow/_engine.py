@@ -183,9 +183,9 @@ class Engine:
         run = Run(self._workflow(workflow, version), run_id)
         run._engine = self
         convert(input_data, run.workflow.input_schema, step_id=None, what="input")
-        run._input = input_data
+        run._state.set_input(input_data)
         if initial_state is not None or run.workflow.state_schema is not None:
-            run._states[""] = _initial_state(run.workflow, initial_state)
+            run._state.set_state("", _initial_state(run.workflow, initial_state))
         snapshot = _snapshot.encode(run._to_snapshot())
         found = await self.storage.insert_queued(
             run.run_id,
@@ -427,7 +427,7 @@ class Engine:
         """Take the pending `run` for this engine and store its start ('running', its
         input and initial state) in the same transaction; False if it was not pending
         and free (the handle is then stale: the caller loads the run)."""
-        journal = run._journal
+        journal = run._state.journal
         assert journal is not None
         run._status = "running"  # as the start stores it; `_execute` sets it again
         try:
@@ -544,7 +544,7 @@ class Engine:
         stops without a trace."""
         if run._lost:
             return
-        journal = run._journal
+        journal = run._state.journal
         assert journal is not None
         if run._save_lock is None:
             run._save_lock = trio.Lock()

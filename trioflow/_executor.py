@@ -2,12 +2,16 @@
 
 Every node first checks the run's records so that a resumed or recovered run replays:
 a step recorded ``'success'`` is not run again. A step in progress is in
-``run._in_flight`` under a sort key of declaration indices; whoever interrupts a group
+the run state's ``in_flight`` under a sort key of declaration indices; whoever interrupts a group
 of steps (the run's finalizer, a failing parallel branch) records those still in flight
 ``'canceled'`` in that key order, never in the order Trio happens to wake them.
 
 Only the control exceptions below leave a node; `trio.Cancelled` passes through
 untouched and leaves the interrupted steps in flight for the canceller to record.
+
+The executor reads the run's `ExecutionState` (`_state.py`, one per run, held by each
+`Frame`) and changes it only through its methods: this module never assigns into its
+tables (`tests/test_layers.py` checks), so a durable run's journal sees every change.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import inspect
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn, Protocol
 
@@ -43,10 +46,10 @@ from ._graph import (
     StepNode,
     WaitEventNode,
 )
-from ._journal import Tracked
 from ._realtime import run_in_thread
 from ._results import StepResult
 from ._schema import convert
+from ._state import NO_EVENT, ExecutionState
 from ._step import (
     Bail,
     ConditionContext,
@@ -59,8 +62,6 @@ from ._step import (
 from ._tracing import ATTEMPT, STEP_ID, Execution
 
 Key = tuple[int, ...]
-# Appended to a step's key so that its nested steps sort (and are canceled) before it.
-_AFTER_CHILDREN = math.inf
 
 
 class Outcome(Exception):
@@ -88,15 +89,13 @@ class BailRun(Outcome):
 
 
 class RunState(StepRun, Protocol):
-    """What the executor reads and writes of a run (`_run.Run`): its records, its
-    signal, and the few methods that change them under its rules. Written down here,
-    where it is needed: `_run` imports this module, so this one does not import `_run`
-    (not even for type checking). A frame holds the `Run` itself: no cost at run time."""
+    """What the executor reads of a run (`_run.Run`): its execution state (changed
+    through that object's methods), its signal, and the few methods of the run itself.
+    Written down here, where it is needed: `_run` imports this module, so this one does
+    not import `_run` (not even for type checking). A frame holds the `Run` itself: no
+    cost at run time."""
 
-    _steps: dict[str, StepResult]
-    _in_flight: dict[str, tuple[float, ...]]
-    _progress: dict[str, Any]
-    _states: dict[str, Any]
+    _state: ExecutionState
     _signal: AbortSignal
     _lost: bool
     _fault: FailRun | None
@@ -109,33 +108,36 @@ class RunState(StepRun, Protocol):
     def _cancel_in_flight(self, key: Key, *, keep: str | None = None) -> None: ...
     def _enter_waiting(self) -> None: ...
     def _leave_waiting(self) -> None: ...
-    def _take_event(self, name: str) -> Any: ...
     async def _wait_event(self, name: str) -> Any: ...
 
 
 class Frame:
     """One workflow level of an execution: the run's own workflow or a nested one."""
 
-    __slots__ = ("init_data", "prefix", "run", "workflow")
+    __slots__ = ("exec_state", "init_data", "prefix", "run", "workflow")
 
     def __init__(self, run: RunState, workflow: Graph, prefix: str, init_data: Any) -> None:
         self.run = run
+        self.exec_state = run._state  # bound once: the hot path reads it per step
         self.workflow = workflow
         self.prefix = prefix
         self.init_data = init_data
 
     @property
     def state(self) -> Any:
-        return self.run._states.get(self.prefix)
+        return self.exec_state.states.get(self.prefix)
 
     def set_state(self, value: Any) -> None:
-        self.run._states[self.prefix] = convert(
-            value, self.workflow.state_schema, step_id=self.prefix[:-1] or None, what="state"
+        self.exec_state.set_state(
+            self.prefix,
+            convert(
+                value, self.workflow.state_schema, step_id=self.prefix[:-1] or None, what="state"
+            ),
         )
 
     def get_step_result(self, step: Step[Any, Any] | Graph | str) -> Any:
         step_id = step if isinstance(step, str) else step.id
-        record = self.run._steps.get(self.prefix + step_id)
+        record = self.exec_state.steps.get(self.prefix + step_id)
         return record.output if record is not None and record.status == "success" else None
 
 
@@ -181,12 +183,14 @@ async def execute_node(frame: Frame, node: Node, value: Any, key: Key) -> Any:
 # --- steps ------------------------------------------------------------------------------
 
 
-def _replayed(run: RunState, path: str, *, loop: bool = False) -> StepResult | None:
+def _replayed(
+    run: RunState, state: ExecutionState, path: str, *, loop: bool = False
+) -> StepResult | None:
     """The record of `path` from an earlier execution, if any. Raises if the step must
     not start: the run is canceled, or the step stays suspended (another one resumes).
     A ``'success'`` record means "replay its output" unless `loop` (an earlier iteration).
     """
-    record = run._steps.get(path)
+    record = state.steps.get(path)
     if record is not None:
         if record.status == "success" and not loop:
             return record
@@ -200,55 +204,27 @@ def _replayed(run: RunState, path: str, *, loop: bool = False) -> StepResult | N
 
 
 def _begin(
-    run: RunState, path: str, value: Any, key: Key, previous: StepResult | None = None
+    run: RunState,
+    state: ExecutionState,
+    path: str,
+    value: Any,
+    key: Key,
+    previous: StepResult | None = None,
 ) -> None:
-    """Record `path` running (`previous`: its record from an earlier execution)."""
-    if previous is not None and previous.status == "suspended":
-        # A resumed step keeps what it suspended with and what it was resumed with.
-        record = StepResult(
-            status="running",
-            payload=value,
-            started_at=wall_time(),
-            suspend_payload=previous.suspend_payload,
-            resume_payload=previous.resume_payload,
-        )
-    else:
-        record = StepResult(status="running", payload=value, started_at=wall_time())
-    run._steps[path] = record
-    run._in_flight[path] = (*key, _AFTER_CHILDREN)
+    """Record `path` running (`previous`: its record from an earlier execution).
+    (Inlined in `begin_step` and `_run_loop`, the hot path.)"""
+    state.begin_step(path, value, key, previous)
     if run._watchers.channels:
-        run._watchers.emit(ev.WorkflowStepStart(run_id=run.run_id, step_id=path, payload=value))
+        _emit_start(run, path, value)
 
 
-def _succeed(run: RunState, path: str, output: Any, value: Any) -> None:
-    """`_end` for the common outcome, without its keyword plumbing (the hot path)."""
-    current = run._steps[path]
-    if current.resume_payload is not None or run._watchers.channels:
-        _end(run, path, "success", output=output, payload=value)
-        return
-    del run._in_flight[path]
-    run._steps[path] = StepResult(
-        status="success",
-        output=output,
-        payload=value,
-        started_at=current.started_at,
-        ended_at=wall_time(),
-    )
+def _emit_start(run: RunState, path: str, value: Any) -> None:
+    run._watchers.emit(ev.WorkflowStepStart(run_id=run.run_id, step_id=path, payload=value))
 
 
 def _end(run: RunState, path: str, status: str, **fields: Any) -> None:
     """Record a step's outcome: it is no longer in flight."""
-    del run._in_flight[path]
-    current = run._steps[path]
-    if current.resume_payload is not None and status != "suspended":
-        fields.setdefault("resume_payload", current.resume_payload)
-        fields.setdefault("suspend_payload", current.suspend_payload)
-    run._steps[path] = StepResult(
-        status=status,  # type: ignore[arg-type]
-        started_at=current.started_at,
-        ended_at=wall_time(),
-        **fields,
-    )
+    run._state.end_step(path, status, **fields)
     if run._watchers.channels:
         if status == "suspended":
             event: ev.WorkflowEvent = ev.WorkflowStepSuspended(
@@ -297,14 +273,17 @@ def begin_step(
     """The synchronous start of a step: ``(False, output)`` when its recorded output is
     replayed, else ``(True, resume_data)`` once it is recorded running."""
     run = frame.run
+    state = frame.exec_state
     path = frame.prefix + step.id
-    record = _replayed(run, path, loop=loop)
+    record = _replayed(run, state, path, loop=loop)
     if record is not None:
         if record.status == "success" and not loop:
             return False, record.output
         if record.status == "suspended":
             resume_data = record.resume_payload
-    _begin(run, path, value, key, record)
+    state.begin_step(path, value, key, record)  # _begin, inline
+    if run._watchers.channels:
+        _emit_start(run, path, value)
     return True, resume_data
 
 
@@ -363,7 +342,10 @@ async def finish_step(
             raise StopRun from None
         _end(run, path, "failed", error=exc, payload=value)
         raise FailRun(exc, path) from None
-    _succeed(run, path, output, value)
+    if run._watchers.channels:
+        _end(run, path, "success", output=output, payload=value)
+    else:  # the common outcome, without `_end`'s keyword plumbing (the hot path)
+        frame.exec_state.succeed(path, output, value)
     if run._engine is not None and _others_in_flight(run, path):
         await persist(run)  # no next step will store this end soon: siblings still run
     return output
@@ -373,7 +355,7 @@ def _others_in_flight(run: RunState, path: str) -> bool:
     """Whether steps other than those that hold `path` (its nested parents) are in
     flight: parallel branches. Their ends are stored when they come, not with the start
     of the next step, which waits for all of them."""
-    return any(not path.startswith(other + ".") for other in run._in_flight)
+    return any(not path.startswith(other + ".") for other in run._state.in_flight)
 
 
 async def persist(run: RunState) -> None:
@@ -394,11 +376,10 @@ async def store_before(run: RunState, path: str | None) -> None:
     the run's next write)."""
     if run._engine is not None:
         await run._engine._save(run, release=False, unless_only=path)
-        if run._fault is not None and path is not None and path in run._in_flight:
+        if run._fault is not None and path is not None:
             # Some data of the run cannot be stored: it fails here, and the step that
             # was about to run never started.
-            del run._in_flight[path]
-            del run._steps[path]
+            run._state.unbegin(path)
         run._raise_fault()
         if run._lost:
             raise StopRun
@@ -603,7 +584,7 @@ async def _run_branch(frame: Frame, node: BranchNode, value: Any, key: Key) -> d
     chosen = []
     await store_before(frame.run, None)  # conditions are user code
     for condition, step in node.branches:
-        record = frame.run._steps.get(frame.prefix + step.id)
+        record = frame.exec_state.steps.get(frame.prefix + step.id)
         # On a replay a branch that ran before is taken again, whatever its condition says now.
         if record is not None or await _call_condition(
             condition, ConditionContext(frame, value), frame.prefix + step.id
@@ -616,18 +597,21 @@ async def _run_branch(frame: Frame, node: BranchNode, value: Any, key: Key) -> d
 
 async def _run_loop(frame: Frame, node: LoopNode, value: Any, key: Key) -> Any:
     run = frame.run
+    state = frame.exec_state
     path = frame.prefix + node.step.id
     iteration, done = 0, False
-    progress = run._progress.get(path)
+    progress = state.progress.get(path)
     if progress is not None:
         iteration, value, done = progress
     step, condition, until = node.step, node.condition, node.until
     nested = not isinstance(step, Step)
     while not done:
-        record = _replayed(run, path, loop=True)  # begin_step, inline
+        record = _replayed(run, state, path, loop=True)  # begin_step, inline
         suspended = record is not None and record.status == "suspended"
         resume_data = record.resume_payload if suspended else None  # type: ignore[union-attr]
-        _begin(run, path, value, key, record)
+        state.begin_step(path, value, key, record)
+        if run._watchers.channels:
+            _emit_start(run, path, value)
         value = await finish_step(frame, step, value, key, resume_data)
         iteration += 1
         try:  # the condition inline: this is the hot path of long loops
@@ -637,9 +621,9 @@ async def _run_loop(frame: Frame, node: LoopNode, value: Any, key: Key) -> Any:
         except Exception as exc:
             raise FailRun(exc, path) from None
         done = bool(verdict) if until else not verdict
-        run._progress[path] = (iteration, value, done)
+        state.set_progress(path, (iteration, value, done))
         if nested and not done:
-            _forget_nested(run, path + ".")  # the next iteration runs every child step again
+            state.forget_under(path + ".")  # the next iteration runs every child step again
         if run._engine is not None:
             await persist(run)
         else:
@@ -647,14 +631,6 @@ async def _run_loop(frame: Frame, node: LoopNode, value: Any, key: Key) -> Any:
             # tasks (a cancel() among them) in between iterations.
             await trio.lowlevel.checkpoint()
     return value
-
-
-def _forget_nested(run: RunState, prefix: str) -> None:
-    """Drop the records and progress of the steps under `prefix` (a finished iteration
-    of a nested workflow), so that the next iteration does not replay them."""
-    for table in (run._steps, run._progress):
-        for stale in [path for path in table if path.startswith(prefix)]:
-            del table[stale]
 
 
 async def _call_condition(fn: Callable[[Any], Any], ctx: ConditionContext[Any], path: str) -> Any:
@@ -672,22 +648,21 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
     """Run the step on each item, at most `concurrency` at once; items start in input
     order, outputs keep it. Recorded as one step under the step's id."""
     run = frame.run
+    state = frame.exec_state
     step = node.step
     path = frame.prefix + step.id
-    record = _replayed(run, path)
+    record = _replayed(run, state, path)
     if record is not None and record.status == "success":
         return record.output  # type: ignore[no-any-return]
     if not isinstance(items, list | tuple):
         error = TypeError(
             f"foreach step {path!r} needs a list as input, got {type(items).__name__}"
         )
-        _begin(run, path, items, key, record)
+        _begin(run, state, path, items, key, record)
         _end(run, path, "failed", error=error, payload=items)
         raise FailRun(error, path)
-    # Outputs of finished items by index (keys come back as strings from a snapshot).
-    done = {int(i): output for i, output in run._progress.get(path, {}).items()}
-    run._progress[path] = done
-    _begin(run, path, items, key, record)
+    done = state.start_items(path)  # outputs of finished items by index
+    _begin(run, state, path, items, key, record)
     await store_before(run, path)
     slots = trio.Semaphore(node.concurrency)
     failure: list[BaseException] = []
@@ -721,9 +696,7 @@ async def _run_foreach(frame: Frame, node: ForeachNode, items: Any, key: Key) ->
             failure.append(exc)
             nursery.cancel_scope.cancel()
         else:
-            done[index] = output
-            if isinstance(run._progress, Tracked):
-                run._progress.note_item(path, index)
+            state.item_done(path, done, index, output)
             if run._watchers.channels:
                 run._watchers.emit(
                     ev.WorkflowStepProgress(
@@ -778,10 +751,10 @@ def _foreach_error(path: str, exc: BaseException) -> BaseException:
 async def _run_map(frame: Frame, node: MapNode, value: Any, key: Key) -> Any:
     run = frame.run
     path = frame.prefix + node.id
-    record = _replayed(run, path)
+    record = _replayed(run, frame.exec_state, path)
     if record is not None and record.status == "success":
         return record.output
-    _begin(run, path, value, key, record)
+    _begin(run, frame.exec_state, path, value, key, record)
     await store_before(run, path)
     try:
         output = await call_maybe_async(node.fn, ConditionContext(frame, value))
@@ -797,11 +770,12 @@ async def _run_sleep(frame: Frame, node: SleepNode, value: Any, key: Key) -> Any
     """``'waiting'`` until the deadline. Its wall-clock time is kept in the run's
     progress, so a recovered run sleeps only what is left."""
     run = frame.run
+    state = frame.exec_state
     path = frame.prefix + node.id
-    record = _replayed(run, path)
+    record = _replayed(run, state, path)
     if record is not None and record.status == "success":
         return record.output
-    deadline: float | None = run._progress.get(path)
+    deadline: float | None = state.progress.get(path)
     if deadline is None:
         when = node.when
         if callable(when):
@@ -813,7 +787,7 @@ async def _run_sleep(frame: Frame, node: SleepNode, value: Any, key: Key) -> Any
                 raise FailRun(exc, path) from None
         else:
             deadline = _wall_deadline(path, when, node.until)
-        run._progress[path] = deadline
+        state.set_progress(path, deadline)
         wait = when if not node.until else deadline - wall_time()
     else:
         wait = deadline - wall_time()
@@ -839,8 +813,7 @@ async def _wait_step(
     run: RunState, path: str, value: Any, key: Key, wait: Callable[[Any], Awaitable[Any]], arg: Any
 ) -> Any:
     """Record `path` ``'waiting'`` and the run ``'waiting'`` while ``wait(arg)`` runs."""
-    run._steps[path] = StepResult(status="waiting", payload=value, started_at=wall_time())
-    run._in_flight[path] = (*key, _AFTER_CHILDREN)
+    run._state.wait_step(path, value, key)
     if run._watchers.channels:
         run._watchers.emit(ev.WorkflowStepWaiting(run_id=run.run_id, step_id=path))
     run._enter_waiting()
@@ -853,13 +826,14 @@ async def _wait_step(
 
 async def _run_wait_for_event(frame: Frame, node: WaitEventNode, value: Any, key: Key) -> Any:
     run = frame.run
+    state = frame.exec_state
     path = frame.prefix + node.step.id
-    record = _replayed(run, path)
+    record = _replayed(run, state, path)
     if record is not None and record.status == "success":
         return record.output
-    data = run._progress.get(path, NO_EVENT)  # an event taken before a crash
+    data = state.progress.get(path, NO_EVENT)  # an event taken before a crash
     if data is NO_EVENT:
-        data = run._take_event(node.name)
+        data = state.take_event(node.name)
     if data is NO_EVENT:
         # The waiting step stays in flight (the step's own start keeps its key): a cancel
         # that comes before the step begins still records it 'canceled'.
@@ -867,7 +841,7 @@ async def _run_wait_for_event(frame: Frame, node: WaitEventNode, value: Any, key
             data = await _wait_step(run, path, value, key, run._wait_event, node.name)
         else:
             data = await _wait_event_until(run, node, path, value, key)
-    run._progress[path] = data
+    state.set_progress(path, data)
     await persist(run)
     return await run_step(frame, node.step, value, key, resume_data=data)
 
@@ -880,9 +854,10 @@ async def _wait_event_until(
     waits only what is left of it."""
     assert node.timeout is not None
     marker = path + "@deadline"
-    deadline = run._progress.get(marker)
+    state = run._state
+    deadline = state.progress.get(marker)
     if deadline is None:  # the first wait: exactly the timeout, as a sleep does
-        run._progress[marker] = wall_time() + node.timeout
+        state.set_progress(marker, wall_time() + node.timeout)
         wait = node.timeout
     else:
         wait = max(0.0, deadline - wall_time())
@@ -893,6 +868,3 @@ async def _wait_event_until(
     error = EventTimeoutError(path, node.name, node.timeout)
     _end(run, path, "failed", error=error, payload=value)
     raise FailRun(error, path)
-
-
-NO_EVENT: Any = object()

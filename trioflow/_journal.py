@@ -42,17 +42,25 @@ class StoredRun(Protocol):
     def entries(self) -> tuple[bytes, ...]: ...
 
 
+class State(Protocol):
+    """What the journal reads of a run's execution state (`_state.ExecutionState`,
+    which imports this module)."""
+
+    steps: dict[str, StepResult]
+    progress: dict[str, Any]
+    states: dict[str, Any]
+    input: Any
+    result: Any
+    outputs: list[OutputRecord]
+
+
 class Run(Protocol):
     """What the journal reads of a durable run (`_run.Run`, which imports this module)."""
 
     run_id: str
-    _steps: dict[str, StepResult]
-    _progress: dict[str, Any]
-    _states: dict[str, Any]
-    _input: Any
-    _result: Any
-    _outputs: list[OutputRecord]
 
+    @property
+    def _state(self) -> State: ...
     def _run_fields(self) -> RunSet: ...
 
 
@@ -225,23 +233,24 @@ class Journal:
     def loaded(self, run: Run) -> None:
         """`run` was just loaded from the storage: its own fields are stored as they are."""
         self._run_fields = _encoder.encode(run._run_fields())
-        self.result = run._result
+        self.result = run._state.result
 
     def nothing_new(self, run: Run, unless_only: str | None) -> bool:
         """Whether nothing of `run` changed since it was stored, but maybe the record of
         the step at `unless_only`."""
-        steps, progress, states = run._steps, run._progress, run._states
+        state = run._state
+        steps, progress, states = state.steps, state.progress, state.states
         assert isinstance(steps, Tracked) and isinstance(progress, Tracked)
         assert isinstance(states, Tracked)
         changed = steps.changed
-        outputs = run._outputs
+        outputs = run._state.outputs
         return (
             self.input_stored
             and (not changed or (len(changed) == 1 and unless_only in changed))
             and not (steps.removed or progress.changed or progress.removed or progress.done_items)
             and not (states.changed or states.removed)
             and not (outputs and outputs[-1].seq >= self.outputs_stored)
-            and run._result is self.result
+            and run._state.result is self.result
             and _encoder.encode(run._run_fields()) == self._run_fields
         )
 
@@ -249,7 +258,8 @@ class Journal:
         """The entries of what changed in `run` since it was last stored (the first of
         them numbered ``seq + 1``). Raises `UnstorableDataError` for data msgspec cannot
         encode, with nothing taken."""
-        steps, progress, states = run._steps, run._progress, run._states
+        state = run._state
+        steps, progress, states = state.steps, state.progress, state.states
         assert isinstance(steps, Tracked) and isinstance(progress, Tracked)
         assert isinstance(states, Tracked)
         taken = (steps.take(), progress.take(), states.take())
@@ -258,7 +268,7 @@ class Journal:
         try:
             encode = self._encoder(run.run_id)
             if not self.input_stored:
-                entries.append(encode(InputSet(value=run._input), "the run's input"))
+                entries.append(encode(InputSet(value=run._state.input), "the run's input"))
             changed, removed, _ = taken[0]
             if removed:
                 entries.append(encode(Removed(table="steps", keys=list(removed)), ""))
@@ -285,7 +295,7 @@ class Journal:
                         entries.append(
                             encode(ItemDone(path=path, index=index, output=output), path)
                         )
-            outputs = run._outputs
+            outputs = run._state.outputs
             if outputs and outputs[-1].seq >= self.outputs_stored:
                 for record in outputs:
                     if record.seq >= self.outputs_stored:
@@ -293,7 +303,7 @@ class Journal:
             fields = run._run_fields()
             encoded = encode(fields, "")
             run_fields = None
-            if encoded != self._run_fields or run._result is not self.result:
+            if encoded != self._run_fields or run._state.result is not self.result:
                 entries.append(self._run_entry(run, fields, written))
                 run_fields = encoded
         except BaseException:
@@ -301,7 +311,7 @@ class Journal:
                 table.give_back(table_taken)
             raise
         outputs_next = outputs[-1].seq + 1 if outputs else 0
-        self._pending = (taken, written, outputs_next, run._result, run_fields)
+        self._pending = (taken, written, outputs_next, run._state.result, run_fields)
         return entries
 
     def stored(self, count: int) -> None:
@@ -329,7 +339,9 @@ class Journal:
         """The entries `take` gave were not written: note their changes again."""
         taken = self._pending[0]
         self._pending = None
-        for table, table_taken in zip((run._steps, run._progress, run._states), taken, strict=True):
+        for table, table_taken in zip(
+            (run._state.steps, run._state.progress, run._state.states), taken, strict=True
+        ):
             assert isinstance(table, Tracked)
             table.give_back(table_taken)
 
@@ -347,7 +359,7 @@ class Journal:
         ref = None
         if payload is not None:
             previous = written.get(path) or self._stored_steps.get(path)
-            if payload is run._input:
+            if payload is run._state.input:
                 ref = INPUT
             elif previous is not None and previous.payload is payload:
                 ref = SAME
@@ -384,7 +396,7 @@ class Journal:
     def _run_entry(self, run: Run, fields: RunSet, written: dict[str, StepResult]) -> bytes:
         """The run's fields, and its result or where it is stored already (a run's
         result is nearly always its last step's output)."""
-        result = run._result
+        result = run._state.result
         result_ref = None if result is None else self._output_ref(result, written)
         entry = msgspec.structs.replace(
             fields, result=None if result_ref else result, result_ref=result_ref

@@ -33,7 +33,6 @@ from ._errors import (
     ValidationError,
 )
 from ._executor import (
-    NO_EVENT,
     BailRun,
     FailRun,
     Frame,
@@ -43,14 +42,14 @@ from ._executor import (
     execute_workflow,
 )
 from ._graph import ForeachNode, Graph, LoopNode, Node, WaitEventNode, node_ids, node_steps
-from ._journal import Journal, RunSet, Tracked
+from ._journal import RunSet
 from ._logs import PendingLogs
 from ._results import TERMINAL, CancelResult, RunResult, RunStatus, StepResult
 from ._schema import convert
+from ._state import NO_EVENT, ExecutionState
 from ._step import Step
 from ._transitions import (
     Outcome,
-    cancel_order,
     cancel_result,
     final_status,
     resolve_suspended,
@@ -62,8 +61,6 @@ if TYPE_CHECKING:
     from .storage import RunRow, Storage, StoredEvent
 
 logger = logging.getLogger("trioflow")
-# The fields of a step record that hold user data (checked when a run cannot be stored).
-_RECORD_DATA = ("output", "payload", "suspend_payload", "resume_payload")
 
 _current_run: contextvars.ContextVar[Run | None] = contextvars.ContextVar(
     "trioflow_current_run", default=None
@@ -98,30 +95,20 @@ class Run:
         "_deadline",
         "_done",
         "_engine",
-        "_error",
         "_event_arrived",
         "_events_taken",
         "_executing",
         "_fault",
         "_forked_from",
-        "_in_flight",
-        "_input",
-        "_journal",
         "_logs",
         "_lost",
-        "_outputs",
-        "_pending_events",
-        "_progress",
-        "_result",
         "_resuming",
         "_save_lock",
         "_scope",
         "_signal",
-        "_states",
+        "_state",
         "_status",
-        "_steps",
         "_stored_status",
-        "_suspended",
         "_timeout",
         "_timeout_error",
         "_trace",
@@ -144,17 +131,11 @@ class Run:
         self._scope: trio.CancelScope | None = None
         self._done: trio.Event | None = None
         self._executing = False
-        self._steps: dict[str, StepResult] = {}
-        self._in_flight: dict[str, tuple[float, ...]] = {}
-        self._progress: dict[str, Any] = {}
-        self._states: dict[str, Any] = {}
-        self._input: Any = None
-        self._result: Any = None
-        self._error: BaseException | None = None
-        self._suspended: list[str] = []
+        # The records, progress, states, outcome... of the run: changed only through
+        # its methods, by the executor and by this handle.
+        self._state = ExecutionState()
         self._resuming: str | None = None
         self._waiting = 0
-        self._pending_events: dict[str, deque[Any]] = {}
         # The number of the last event taken from the storage (`send_event` from another
         # process): stored with the run, so that none is taken twice or lost.
         self._events_taken = 0
@@ -162,8 +143,6 @@ class Run:
         self._watchers = ev.Watchers()
         self._engine: Host | None = None
         self._lost = False  # another process ended or took this run: write nothing more
-        # Output events of steps created with store_output_events=True (bounded).
-        self._outputs: list[_snapshot.OutputRecord] = []
         self._save_lock: trio.Lock | None = None
         # The status of the last snapshot this process stored (None: not stored yet).
         self._stored_status: RunStatus | None = None
@@ -179,8 +158,6 @@ class Run:
         # The stored version of a run loaded by an engine that does not know it (the
         # records are read with the latest definition; the run is never executed here).
         self._unknown_version: str | None = None
-        # What of a durable run is stored (None: a run in memory, or not stored yet).
-        self._journal: Journal | None = None
         # Observability (_tracing.py, _logs.py): the trace of the execution under way,
         # the run's trace context once known, and what ctx.logger said since the last write.
         self._trace: _tracing.Execution | None = None
@@ -343,12 +320,10 @@ class Run:
         )
 
     def _take_input(self, input_data: Any, initial_state: Any) -> None:
-        self._input = input_data
-        if self._journal is not None:  # stored with the start
-            self._journal.input_stored = False
+        self._state.set_input(input_data)
         state_schema = self.workflow.state_schema
         if initial_state is not None or state_schema is not None:
-            self._states[""] = _initial_state(self.workflow, initial_state)
+            self._state.set_state("", _initial_state(self.workflow, initial_state))
 
     async def resume(
         self,
@@ -380,8 +355,7 @@ class Run:
                 self._status,
                 f"run {self.run_id!r} is being resumed by another process",
             )
-        record = self._steps[path]
-        self._steps[path] = msgspec.structs.replace(record, resume_payload=data)
+        self._state.resume_step(path, data)
         self._resuming = path
         try:
             return await self._execute(task_status)
@@ -516,7 +490,7 @@ class Run:
                 "check the event name"
             )
         data = convert(data, node.step.resume_schema, step_id=node.step.id, what="event data")
-        self._pending_events.setdefault(name, deque()).append(data)
+        self._state.add_event(name, data)
         if self._event_arrived is not None:
             self._event_arrived.set()
             self._event_arrived = None
@@ -548,7 +522,7 @@ class Run:
             data = _retype(
                 msgspec.json.decode(event.data), _event_schema(self.workflow, event.name)
             )
-            self._pending_events.setdefault(event.name, deque()).append(data)
+            self._state.add_event(event.name, data)
             self._events_taken = event.seq
             if self._event_arrived is not None:
                 self._event_arrived.set()
@@ -556,13 +530,14 @@ class Run:
 
     def result_nowait(self) -> RunResult:
         """The run's result as it stands now."""
+        state = self._state
         return RunResult(
             run_id=self.run_id,
             status=self._status,
-            result=self._result,
-            error=self._error,
-            steps=dict(self._steps),
-            suspended=[path.split(".") for path in self._suspended],
+            result=state.result,
+            error=state.error,
+            steps=dict(state.steps),
+            suspended=[path.split(".") for path in state.suspended],
         )
 
     # --- execution --------------------------------------------------------------------
@@ -579,7 +554,7 @@ class Run:
         previous, self._status = self._status, "running"
         instruments = _tracing.instruments()  # None (the usual case): no tracing at all
         trace: _tracing.Execution | None = None
-        self._suspended = []
+        self._state.set_suspended([])
         if self._watchers.channels:
             self._watchers.emit(ev.WorkflowStart(run_id=self.run_id, workflow_id=self.workflow.id))
         outcome: BaseException | None = None
@@ -599,7 +574,7 @@ class Run:
                     if engine is not None:
                         self._raise_fault()
                     output = await execute_workflow(
-                        Frame(self, self.workflow, "", self._input), self._input, ()
+                        Frame(self, self.workflow, "", self._state.input), self._state.input, ()
                     )
                 except (FailRun, SuspendRun, StopRun, BailRun) as exc:
                     outcome = exc
@@ -630,7 +605,8 @@ class Run:
                 self._done.set()
                 if trace is not None:
                     self._trace = None
-                    trace.end(self._status, self._error, self._suspended, ended=recorded)
+                    state = self._state
+                    trace.end(self._status, state.error, state.suspended, ended=recorded)
         if self._lost and engine is not None:
             # Another process took the run over (or ended it): its outcome is the result.
             await engine._wait_stored(self)
@@ -692,66 +668,36 @@ class Run:
         str from a non-UTF-8 file name): drop it, and fail the run with an error that
         names where the first such value came from. The run stays storable and ends
         alone; the step loop ends at `_raise_fault`."""
-        found: list[tuple[str | None, str, Any]] = []  # (step path, where, value)
-        for path, record in self._steps.items():
-            bad = [name for name in _RECORD_DATA if not _snapshot.encodable(getattr(record, name))]
-            for name in bad:
-                what = "input" if name == "payload" else name.replace("_", " ")
-                found.append((path, f"the {what} of step {path!r}", getattr(record, name)))
-            if bad:
-                self._steps[path] = msgspec.structs.replace(record, **dict.fromkeys(bad))
-        for table, what in ((self._progress, "progress"), (self._states, "state")):
-            for key, value in list(table.items()):
-                if not _snapshot.encodable(value):
-                    found.append((None, f"the {what} kept under {key or 'the run'!r}", value))
-                    del table[key]
-        for name, queue in list(self._pending_events.items()):
-            for data in queue:
-                if not _snapshot.encodable(data):
-                    found.append((None, f"the data of event {name!r}", data))
-                    del self._pending_events[name]
-                    break
-        for attr, where in (("_input", "the run's input"), ("_result", "the run's result")):
-            value = getattr(self, attr)
-            if not _snapshot.encodable(value):
-                found.append((None, where, value))
-                setattr(self, attr, None)
+        found = self._state.drop_unencodable()  # (step path, where, value)
         culprit: str | None = None
         where, value = "some of its data", None
         if found:
             culprit, where, value = found[0]
         error = UnstorableDataError(self.run_id, where, _snapshot.unstorable_detail(value))
         if culprit is not None:
-            self._steps[culprit] = msgspec.structs.replace(
-                self._steps[culprit], status="failed", error=error, ended_at=wall_time()
-            )
-            self._in_flight.pop(culprit, None)
+            self._state.fail_step(culprit, error)
         if self._executing:  # the step loop ends at `_raise_fault`, the run 'failed'
             self._fault = FailRun(error, culprit)
         elif self._status not in ("canceled", "failed"):  # its final write
             self._status = "failed"
-            self._error = error
-            self._result = None
+            self._state.set_error(error)
+            self._state.set_result(None)
 
     def _give_up(self, error: BaseException) -> None:
         """Record the run ``'failed'`` with `error` after its execution broke down the
         same way too often; its steps still in flight fail with it."""
-        now = wall_time()
-        for path in list(self._in_flight):
-            del self._in_flight[path]
-            record = self._steps[path]
-            self._steps[path] = msgspec.structs.replace(
-                record, status="failed", error=error, ended_at=now
-            )
+        state = self._state
+        state.fail_in_flight(error)
         self._status = "failed"
-        self._error = error
-        self._suspended = []
+        state.set_error(error)
+        state.set_suspended([])
         self._emit_finish("failed")
 
     def _finish(self, outcome: BaseException | None) -> None:
         """The one terminal (or suspended) transition of an execution. A requested
         cancel wins over whatever the step loop reached, so `cancel()`, the result and
         the events always agree."""
+        state = self._state
         reached: Outcome | None = None
         if isinstance(outcome, FailRun):
             reached = "failed"
@@ -763,19 +709,19 @@ class Run:
             # The deadline passed: whatever the step loop reached, the run failed with
             # the timeout; the steps it interrupted are recorded as a cancel records them.
             self._cancel_in_flight(())
-            self._error = self._timeout_error
-            self._result = None
+            state.set_error(self._timeout_error)
+            state.set_result(None)
             self._status = "failed"
             return
         status = final_status(reached, cancel_requested=self.cancel_requested)
         if status == "canceled":
             self._cancel_in_flight(())
         elif isinstance(outcome, FailRun):
-            self._error = outcome.error
+            state.set_error(outcome.error)
         elif isinstance(outcome, SuspendRun):
-            self._suspended = outcome.paths
+            state.set_suspended(outcome.paths)
         elif isinstance(outcome, BailRun):
-            self._result = outcome.result
+            state.set_result(outcome.result)
         self._status = status
 
     def _emit_finish(self, status: RunStatus) -> None:
@@ -792,20 +738,17 @@ class Run:
             ev.WorkflowFinish(
                 run_id=self.run_id,
                 status=status,
-                result=self._result,
-                error=None if self._error is None else str(self._error),
+                result=self._state.result,
+                error=None if self._state.error is None else str(self._state.error),
             )
         )
 
     def _finish_idle_cancel(self) -> None:
         """Cancel a run that is not executing (pending, suspended, waiting in storage):
         its suspended or waiting steps become ``'canceled'``."""
-        now = wall_time()
-        for path, record in self._steps.items():
-            if record.status in ("suspended", "waiting", "running"):
-                self._steps[path] = msgspec.structs.replace(record, status="canceled", ended_at=now)
+        self._state.cancel_idle()
         self._status = "canceled"
-        self._suspended = []
+        self._state.set_suspended([])
         if self._watchers.channels:
             self._emit_finish("canceled")
 
@@ -830,18 +773,7 @@ class Run:
 
     def _cancel_in_flight(self, key: Key, *, keep: str | None = None) -> None:
         """Record the steps in flight under `key` ``'canceled'``, in declaration order."""
-        now = wall_time()
-        for path in cancel_order(self._in_flight, key):
-            if path == keep:
-                continue
-            del self._in_flight[path]
-            record = self._steps[path]
-            self._steps[path] = StepResult(
-                status="canceled",
-                payload=record.payload,
-                started_at=record.started_at,
-                ended_at=now,
-            )
+        for path in self._state.cancel_in_flight(key, keep):
             if self._watchers.channels:
                 self._watchers.emit(
                     ev.WorkflowStepResult(run_id=self.run_id, step_id=path, status="canceled")
@@ -851,19 +783,20 @@ class Run:
 
     def _to_snapshot(self) -> _snapshot.Snapshot:
         """The whole run as one snapshot: the header of a run stored with what it has."""
-        steps = {path: _snapshot.step_record(r, path) for path, r in self._steps.items()}
+        state = self._state
+        steps = {path: _snapshot.step_record(r, path) for path, r in state.steps.items()}
         return _snapshot.Snapshot(
             run_id=self.run_id,
             workflow_id=self.workflow.id,
             status=self._status,
-            input=self._input,
-            result=self._result,
-            error=_snapshot.error_record(self._error),
+            input=state.input,
+            result=state.result,
+            error=_snapshot.error_record(state.error),
             steps=steps,
-            progress=dict(self._progress),
-            states=dict(self._states),
-            suspended=self._suspended,
-            pending_events={name: list(q) for name, q in self._pending_events.items()},
+            progress=dict(state.progress),
+            states=dict(state.states),
+            suspended=state.suspended,
+            pending_events={name: list(q) for name, q in state.pending_events.items()},
             events_taken=self._events_taken,
             timeout=self._timeout,
             deadline=self._deadline,
@@ -871,16 +804,17 @@ class Run:
             cancel_reason=_snapshot.reason_text(self._controller.signal.reason)
             if self.cancel_requested
             else None,
-            outputs=self._outputs,
+            outputs=state.outputs,
         )
 
     def _run_fields(self) -> RunSet:
         """The run's own fields, as its journal stores them (the result aside)."""
+        state = self._state
         return RunSet(
             status=self._status,
-            error=_snapshot.error_record(self._error),
-            suspended=self._suspended,
-            pending_events={name: list(q) for name, q in self._pending_events.items()},
+            error=_snapshot.error_record(state.error),
+            suspended=state.suspended,
+            pending_events={name: list(q) for name, q in state.pending_events.items()},
             cancel_requested=self.cancel_requested,
             cancel_reason=_snapshot.reason_text(self._controller.signal.reason)
             if self.cancel_requested
@@ -893,22 +827,12 @@ class Run:
     def _track(self, *, entries: int = 0, input_stored: bool = True) -> None:
         """Make the run durable from here: note the changes to its tables from now on,
         for its journal (which holds `entries` entries so far)."""
-        self._steps = Tracked(self._steps)
-        self._progress = Tracked(self._progress)
-        self._states = Tracked(self._states)
-        outputs = self._outputs
-        self._journal = Journal(
-            entries,
-            input_stored=input_stored,
-            outputs_stored=outputs[-1].seq + 1 if outputs else 0,
-        )
+        self._state.track(entries=entries, input_stored=input_stored)
 
     def _load_row(self, row: RunRow) -> None:
         """Take the state of the run as stored."""
         self._load(_journal.of_row(row))
-        self._track(entries=len(row.entries))
-        assert self._journal is not None
-        self._journal.loaded(self)
+        self._state.track(entries=len(row.entries)).loaded(self)
         self._stored_status = row.status
         self._forked_from = row.forked_from
 
@@ -917,25 +841,29 @@ class Run:
         refresh before resuming). Outputs are converted back to their schemas' types."""
         workflow = self.workflow
         self._status = snapshot.status
-        self._input = snapshot.input
-        self._result = _retype(snapshot.result, workflow.output_schema)
-        self._error = _snapshot.error_from_record(snapshot.error)
-        self._steps = {
-            path: _retype_record(workflow, path, record) for path, record in snapshot.steps.items()
-        }
-        self._progress = {
-            path: _retype_progress(workflow, path, value)
-            for path, value in snapshot.progress.items()
-        }
-        self._states = {
-            prefix: _retype(state, _state_schema(workflow, prefix))
-            for prefix, state in snapshot.states.items()
-        }
-        self._suspended = list(snapshot.suspended)
-        self._pending_events = {
-            name: deque(_retype(data, _event_schema(workflow, name)) for data in queue)
-            for name, queue in snapshot.pending_events.items()
-        }
+        self._state.load(
+            input_data=snapshot.input,
+            result=_retype(snapshot.result, workflow.output_schema),
+            error=_snapshot.error_from_record(snapshot.error),
+            steps={
+                path: _retype_record(workflow, path, record)
+                for path, record in snapshot.steps.items()
+            },
+            progress={
+                path: _retype_progress(workflow, path, value)
+                for path, value in snapshot.progress.items()
+            },
+            states={
+                prefix: _retype(state, _state_schema(workflow, prefix))
+                for prefix, state in snapshot.states.items()
+            },
+            suspended=list(snapshot.suspended),
+            pending_events={
+                name: deque(_retype(data, _event_schema(workflow, name)) for data in queue)
+                for name, queue in snapshot.pending_events.items()
+            },
+            outputs=list(snapshot.outputs),
+        )
         self._events_taken = max(self._events_taken, snapshot.events_taken)
         if snapshot.timeout is not None:
             self._timeout, self._deadline = snapshot.timeout, snapshot.deadline
@@ -944,7 +872,6 @@ class Run:
             self.cancel_requested = True
             if not self._controller.signal.aborted:
                 self._controller.abort(snapshot.cancel_reason)
-        self._outputs = list(snapshot.outputs)
 
     @classmethod
     def _from_row(cls, workflow: Graph, row: RunRow, engine: Host) -> Run:
@@ -961,7 +888,7 @@ class Run:
 
     def _suspended_leaves(self, path: str) -> list[str]:
         """The suspended steps at or under `path` that hold no suspended step below."""
-        return suspended_leaves(((p, r.status) for p, r in self._steps.items()), path)
+        return suspended_leaves(((p, r.status) for p, r in self._state.steps.items()), path)
 
     def _enter_waiting(self) -> None:
         self._waiting += 1
@@ -972,18 +899,9 @@ class Run:
         if self._waiting == 0 and self._status == "waiting":
             self._status = "running"
 
-    def _take_event(self, name: str) -> Any:
-        queue = self._pending_events.get(name)
-        if not queue:
-            return NO_EVENT
-        data = queue.popleft()
-        if not queue:
-            del self._pending_events[name]
-        return data
-
     async def _wait_event(self, name: str) -> Any:
         while True:
-            data = self._take_event(name)
+            data = self._state.take_event(name)
             if data is not NO_EVENT:
                 return data
             if self._event_arrived is None:
@@ -1007,7 +925,7 @@ class Run:
             wanted = ".".join(step)
         else:
             wanted = step.id
-        return resolve_suspended(self.run_id, self._suspended, wanted)
+        return resolve_suspended(self.run_id, self._state.suspended, wanted)
 
 
 def _retype(value: Any, schema: Any) -> Any:

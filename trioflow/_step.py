@@ -18,12 +18,11 @@ import msgspec
 import trio
 
 from . import _events as ev
-from . import _snapshot
 from ._abort import AbortSignal
-from ._clock import wall_time
 from ._errors import AbortError
 from ._logs import PendingLogs, StepLogger
 from ._retry import check_count, check_timeout
+from ._state import ExecutionState
 
 InputT = TypeVar("InputT")
 OutputT = TypeVar("OutputT")
@@ -192,7 +191,7 @@ class StepRun(Protocol):
 
     run_id: str
     cancel_requested: bool
-    _outputs: list[_snapshot.OutputRecord]
+    _state: ExecutionState
     _watchers: ev.Watchers
     _logs: PendingLogs | None
 
@@ -298,7 +297,7 @@ class StepContext(Generic[InputT]):
                     f"(store_output_events=True), so ctx.write() takes data msgspec can "
                     f"encode (Structs, dicts, lists, str, numbers...): {exc}"
                 ) from exc
-            _snapshot.append_output(run._outputs, path, stored, wall_time())
+            run._state.add_output(path, stored)
         watchers = run._watchers
         if watchers.channels:
             watchers.emit(ev.WorkflowStepOutput(run_id=run.run_id, step_id=path, data=data))
