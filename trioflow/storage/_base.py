@@ -256,7 +256,8 @@ class Storage(abc.ABC):
         start: Write | None = None,
     ) -> RunRow | None:
         """Take the run for `owner` if its status is in `statuses` and nobody holds a
-        live lease on it; the row as taken (with its entries and events), or None. A run stored
+        live lease on it; the row as taken (with its events, and its entries unless
+        `start` is given), or None. A run stored
         before versions existed takes `workflow_version`. With `start`, the same
         transaction then applies that write (a run's start: its status and input)."""
 

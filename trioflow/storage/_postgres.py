@@ -198,8 +198,8 @@ _INSERT = (
 )
 # Claims, each with its start (a new status and entries) if given, in one statement:
 # under load each answer waits for this process's GIL, so round trips are dear. Rows are
-# locked in run id order (see _SAVE_MANY). The rows as claimed, with the entries they
-# had before the start's and their events.
+# locked in run id order (see _SAVE_MANY). The rows as claimed, with their events and,
+# for a claim without a start, their entries (a start's caller knows them).
 _CLAIM_MANY = (
     "WITH c AS (SELECT * FROM unnest(%(run_ids)s::text[], %(owners)s::text[], "
     "%(leases)s::float8[], %(versions)s::text[], %(allowed)s::text[], %(nows)s::float8[], "
@@ -212,12 +212,13 @@ _CLAIM_MANY = (
     "status = COALESCE(c.start, r.status), "
     "updated_at = CASE WHEN c.start IS NULL THEN r.updated_at ELSE c.now END "
     "FROM c WHERE r.run_id = c.run_id AND r.run_id IN (SELECT run_id FROM locked) "
-    f"RETURNING {_queue_sql.RUN_COLUMNS}), "
+    f"RETURNING {_queue_sql.RUN_COLUMNS}, c.start), "
     "added AS (INSERT INTO trioflow_entries (run_id, seq, data) SELECT e.run_id, e.seq, e.data "
     "FROM unnest(%(entry_runs)s::text[], %(seqs)s::bigint[], %(entries)s::bytea[]) "
     "AS e(run_id, seq, data) WHERE e.run_id IN (SELECT run_id FROM claimed)) "
-    f"SELECT {SQL_COLUMNS}, "
-    "ARRAY(SELECT e.data FROM trioflow_entries e WHERE e.run_id = claimed.run_id ORDER BY e.seq), "
+    f"SELECT {SQL_COLUMNS}, CASE WHEN start IS NULL THEN "
+    "ARRAY(SELECT e.data FROM trioflow_entries e WHERE e.run_id = claimed.run_id ORDER BY e.seq) "
+    "ELSE '{}' END, "
     "ARRAY(SELECT v.seq FROM trioflow_events v WHERE v.run_id = claimed.run_id ORDER BY v.seq), "
     "ARRAY(SELECT v.name FROM trioflow_events v WHERE v.run_id = claimed.run_id ORDER BY v.seq), "
     "ARRAY(SELECT v.data FROM trioflow_events v WHERE v.run_id = claimed.run_id ORDER BY v.seq) "

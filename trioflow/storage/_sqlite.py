@@ -424,6 +424,7 @@ class SQLiteStorage(Storage):
                 _apply(conn, write, owner, now, same)
                 for write, same in zip(writes, unchanged, strict=True)
             ]
+            _append(conn, [write for write, won in zip(writes, saved, strict=True) if won])
             conn.execute("COMMIT")
             return saved
 
@@ -907,16 +908,19 @@ def _claim(conn: sqlite3.Connection, claim: Claim) -> RunRow | None:
     ).fetchone()  # fmt: skip
     if values is None:
         return None
-    row = _with_entries(conn, row_from_sql(values))
+    row = row_from_sql(values)
     events = _run_sql.events_for(_query(conn), None, claim.run_id)
-    if claim.start is not None:
+    if claim.start is None:
+        row = _with_entries(conn, row)
+    else:  # a pending run's start: the caller knows its entries (none, or a fork's)
         _apply(conn, claim.start, claim.owner, claim.now, same=False)
+        _append(conn, [claim.start])
     return msgspec.structs.replace(row, events=tuple(events))
 
 
 def _apply(conn: sqlite3.Connection, write: Write, owner: str, now: float, same: bool) -> bool:
-    """One write of `save_many`, inside its transaction: the compare-and-set on the run's
-    row, then its entries. `same`: the status stored is already `write.status`."""
+    """The compare-and-set of one write of `save_many` on the run's row, inside its
+    transaction; whether it won. `same`: the status stored is already `write.status`."""
     if same:
         cursor = conn.execute(
             "UPDATE trioflow_runs SET updated_at = ? "
@@ -935,11 +939,16 @@ def _apply(conn: sqlite3.Connection, write: Write, owner: str, now: float, same:
             f"WHERE run_id = ? AND owner = ? AND {_NOT_ENDED}",
             (write.status, now, write.run_id, owner),
         )
-    if cursor.rowcount != 1:
-        return False
-    if write.entries:
-        conn.executemany(
-            "INSERT INTO trioflow_entries (run_id, seq, data) VALUES (?, ?, ?)",
-            [(write.run_id, seq, data) for seq, data in enumerate(write.entries, write.first_seq)],
-        )
-    return True
+    return cursor.rowcount == 1
+
+
+def _append(conn: sqlite3.Connection, writes: list[Write]) -> None:
+    """The entries of `writes` (which won), in one statement."""
+    conn.executemany(
+        "INSERT INTO trioflow_entries (run_id, seq, data) VALUES (?, ?, ?)",
+        [
+            (write.run_id, seq, data)
+            for write in writes
+            for seq, data in enumerate(write.entries, write.first_seq)
+        ],
+    )
