@@ -1198,7 +1198,7 @@ async def test_storage_claims_and_saves_are_compare_and_set(new_storage: NewStor
         assert a is not None and (a.owner, a.lease_until, a.snapshot) == ("A", 110.0, data)
         assert await storage.claim("r", "B", ("pending",), 105.0, 115.0) is None  # held
         # The journal is opaque to a storage: a write that loses appends nothing.
-        assert not await storage.save("r", "running", "B", 105.0, release=False, entries=[b"x"])
+        assert not await storage.save("r", "running", "B", 105.0, release=False, entries=[b'"x"'])
         assert await storage.save("r", "running", "A", 105.0, release=False, entries=[b"1"])
         assert (await storage.load("r")).entries == (b"1",)
         assert await storage.claim("r", "B", ("pending",), 111.0, 121.0) is None  # status
@@ -1210,7 +1210,7 @@ async def test_storage_claims_and_saves_are_compare_and_set(new_storage: NewStor
         b = await storage.claim("r", "B", ("running", "waiting"), 121.0, 131.0)  # expired
         assert b is not None and b.owner == "B"
         assert not await storage.save(
-            "r", "success", "A", 122.0, release=True, entries=[b"x"], first_seq=2
+            "r", "success", "A", 122.0, release=True, entries=[b'"x"'], first_seq=2
         )
         assert await storage.save(
             "r", "success", "B", 122.0, release=True, entries=[b"2", b"3"], first_seq=2

@@ -292,7 +292,7 @@ async def test_storage_contract(storage: trioflow.Storage) -> None:
         assert await storage.claim("r", "a", ("pending",), now, now + 60) is not None
         assert await storage.claim("r", "b", ("pending",), now, now + 60) is None  # held
         assert await storage.save("r", "running", "a", now, release=False, entries=[b"1", b"2"])
-        assert not await storage.save("r", "running", "b", now, release=False, entries=[b"x"])
+        assert not await storage.save("r", "running", "b", now, release=False, entries=[b'"x"'])
         # A claim with a start applies it in the same transaction.
         assert await storage.claim("r", "c", ("running",), now, now + 60, start=None) is None
         assert await storage.recoverable(["three"], now, 10) == []

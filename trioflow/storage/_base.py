@@ -1,8 +1,8 @@
 """The storage interface. A backend stores rows of runs: a header (the snapshot the run
-was created with) and a journal of entries appended after it, both opaque bytes to it;
-the status; and who executes the run under which lease. Every method is one
-transaction; the compare-and-set ones are what keep one terminal transition and one
-executor per run across processes."""
+was created with) and a journal of entries appended after it, JSON documents whose
+content is opaque to it; the status; and who executes the run under which lease. Every
+method is one transaction; the compare-and-set ones are what keep one terminal
+transition and one executor per run across processes."""
 
 from __future__ import annotations
 

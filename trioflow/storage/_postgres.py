@@ -80,6 +80,7 @@ logger = logging.getLogger("trioflow")
 # 2: versions, forks, events, queues, schedules, logs and traces; 3: the journal
 SCHEMA_VERSION = 3
 _NOT_ENDED = "status NOT IN ('success', 'failed', 'canceled')"
+_encoder = msgspec.json.Encoder()
 CANCEL_CHANNEL = "trioflow_cancel"
 # Notified with the run id when an executor stops executing a run (ended or suspended).
 ENDED_CHANNEL = "trioflow_ended"
@@ -196,14 +197,22 @@ _INSERT = (
     "%s::text[], %s::text[]) AS n(run_id, workflow_id, status, snapshot, created_at, queued, "
     "workflow_version, forked_from) ON CONFLICT (run_id) DO NOTHING RETURNING run_id"
 )
+# Journal entries sent as one JSON array of [run id, seq, entry] (`_entries_json`): each
+# entry is JSON already, and a `json` value keeps its text as sent, so the stored bytes
+# are the entry's own. (Arrays of parameters cost a Python loop per item in psycopg,
+# under load the most of a batch's time on this process's GIL.)
+_ADD_ENTRIES = (
+    "INSERT INTO trioflow_entries (run_id, seq, data) SELECT x->>0, (x->>1)::bigint, "
+    "convert_to((x->2)::text, 'UTF8') FROM json_array_elements(%(entries)s::json) x"
+)
 # Claims, each with its start (a new status and entries) if given, in one statement:
 # under load each answer waits for this process's GIL, so round trips are dear. Rows are
 # locked in run id order (see _SAVE_MANY). The rows as claimed, with their events and,
 # for a claim without a start, their entries (a start's caller knows them).
 _CLAIM_MANY = (
-    "WITH c AS (SELECT * FROM unnest(%(run_ids)s::text[], %(owners)s::text[], "
-    "%(leases)s::float8[], %(versions)s::text[], %(allowed)s::text[], %(nows)s::float8[], "
-    "%(starts)s::text[]) AS c(run_id, owner, lease_until, version, allowed, now, start)), "
+    "WITH c AS (SELECT x->>0 AS run_id, x->>1 AS owner, (x->>2)::float8 AS lease_until, "
+    "x->>3 AS version, x->>4 AS allowed, (x->>5)::float8 AS now, x->>6 AS start "
+    "FROM json_array_elements(%(claims)s::json) x), "
     "locked AS (SELECT r.run_id FROM trioflow_runs r JOIN c ON c.run_id = r.run_id "
     "WHERE r.status = ANY(string_to_array(c.allowed, ',')) "
     "AND (r.owner IS NULL OR r.lease_until < c.now) ORDER BY r.run_id FOR UPDATE OF r), "
@@ -213,9 +222,7 @@ _CLAIM_MANY = (
     "updated_at = CASE WHEN c.start IS NULL THEN r.updated_at ELSE c.now END "
     "FROM c WHERE r.run_id = c.run_id AND r.run_id IN (SELECT run_id FROM locked) "
     f"RETURNING {_queue_sql.RUN_COLUMNS}, c.start), "
-    "added AS (INSERT INTO trioflow_entries (run_id, seq, data) SELECT e.run_id, e.seq, e.data "
-    "FROM unnest(%(entry_runs)s::text[], %(seqs)s::bigint[], %(entries)s::bytea[]) "
-    "AS e(run_id, seq, data) WHERE e.run_id IN (SELECT run_id FROM claimed)) "
+    f"added AS ({_ADD_ENTRIES} WHERE x->>0 IN (SELECT run_id FROM claimed)) "
     f"SELECT {SQL_COLUMNS}, CASE WHEN start IS NULL THEN "
     "ARRAY(SELECT e.data FROM trioflow_entries e WHERE e.run_id = claimed.run_id ORDER BY e.seq) "
     "ELSE '{}' END, "
@@ -230,8 +237,8 @@ _CLAIM_MANY = (
 # the runs that stop executing here, a notification to cancellers waiting elsewhere
 # (delivered when the statement commits).
 _SAVE_MANY = (
-    "WITH w AS (SELECT * FROM unnest(%(run_ids)s::text[], %(statuses)s::text[], "
-    "%(releases)s::boolean[]) AS w(run_id, status, release)), "
+    "WITH w AS (SELECT x->>0 AS run_id, x->>1 AS status, (x->>2)::boolean AS release "
+    "FROM json_array_elements(%(writes)s::json) x), "
     "locked AS (SELECT r.run_id FROM trioflow_runs r JOIN w ON w.run_id = r.run_id "
     f"WHERE r.owner = %(owner)s AND r.{_NOT_ENDED} ORDER BY r.run_id FOR UPDATE OF r), "
     "saved AS (UPDATE trioflow_runs r SET status = w.status, updated_at = %(now)s, "
@@ -239,9 +246,7 @@ _SAVE_MANY = (
     "lease_until = CASE WHEN w.release THEN NULL ELSE r.lease_until END "
     "FROM w WHERE r.run_id = w.run_id AND r.run_id IN (SELECT run_id FROM locked) "
     "RETURNING r.run_id, w.release), "
-    "added AS (INSERT INTO trioflow_entries (run_id, seq, data) SELECT e.run_id, e.seq, e.data "
-    "FROM unnest(%(entry_runs)s::text[], %(seqs)s::bigint[], %(entries)s::bytea[]) "
-    "AS e(run_id, seq, data) WHERE e.run_id IN (SELECT run_id FROM saved)), "
+    f"added AS ({_ADD_ENTRIES} WHERE x->>0 IN (SELECT run_id FROM saved)), "
     "notified AS (SELECT pg_notify(%(channel)s, run_id) FROM saved WHERE release) "
     "SELECT run_id FROM saved WHERE (SELECT count(*) FROM notified) >= 0"
 )
@@ -595,20 +600,11 @@ class PostgresStorage(Storage):
         return await self._call(work, idempotent=True)
 
     async def save_many(self, writes: Sequence[Write], owner: str, now: float) -> list[bool]:
-        entries = [
-            (write.run_id, seq, data)
-            for write in writes
-            for seq, data in enumerate(write.entries, write.first_seq)
-        ]
         params = {
-            "run_ids": [write.run_id for write in writes],
-            "statuses": [write.status for write in writes],
-            "releases": [write.release for write in writes],
+            "writes": _json([[w.run_id, w.status, w.release] for w in writes]),
+            "entries": _entries_json(writes),
             "now": now,
             "owner": owner,
-            "entry_runs": [run_id for run_id, _, _ in entries],
-            "seqs": [seq for _, seq, _ in entries],
-            "entries": [data for _, _, data in entries],
             "channel": ENDED_CHANNEL,
         }
 
@@ -639,23 +635,14 @@ class PostgresStorage(Storage):
         for claim in claims:
             first.setdefault(claim.run_id, claim)
         made = list(first.values())
-        starts = [(c.run_id, c.start) for c in made if c.start is not None]
-        entries = [
-            (run_id, seq, data)
-            for run_id, start in starts
-            for seq, data in enumerate(start.entries, start.first_seq)
-        ]
+        claimed = [
+            [c.run_id, c.owner, c.lease_until, c.workflow_version, ",".join(c.statuses), c.now,
+             None if c.start is None else c.start.status]
+            for c in made
+        ]  # fmt: skip
         params = {
-            "run_ids": [c.run_id for c in made],
-            "owners": [c.owner for c in made],
-            "leases": [c.lease_until for c in made],
-            "versions": [c.workflow_version for c in made],
-            "allowed": [",".join(c.statuses) for c in made],
-            "nows": [c.now for c in made],
-            "starts": [None if c.start is None else c.start.status for c in made],
-            "entry_runs": [run_id for run_id, _, _ in entries],
-            "seqs": [seq for _, seq, _ in entries],
-            "entries": [data for _, _, data in entries],
+            "claims": _json(claimed),
+            "entries": _entries_json([c.start for c in made if c.start is not None]),
         }
 
         def work(conn: psycopg.Connection[Any]) -> list[RunRow | None]:
@@ -1217,6 +1204,21 @@ class PostgresStorage(Storage):
         for events in waiters.values():
             for event in events:
                 event.set()
+
+
+def _json(value: Any) -> str:
+    return _encoder.encode(value).decode()
+
+
+def _entries_json(writes: Iterable[Write]) -> str:
+    """The entries of `writes` for `_ADD_ENTRIES`."""
+    return _json(
+        [
+            [write.run_id, seq, msgspec.Raw(data)]
+            for write in writes
+            for seq, data in enumerate(write.entries, write.first_seq)
+        ]
+    )
 
 
 def _claimed(values: Any) -> RunRow:
