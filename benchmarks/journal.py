@@ -55,6 +55,7 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # tests/pg_server.py
 
+from durable import paired_medians  # noqa: E402  (benchmarks/, this file's folder)
 from pg_server import PostgresServer, find_binary  # noqa: E402
 
 import trioflow  # noqa: E402
@@ -151,23 +152,6 @@ class BareSQLite:
 
     def close(self) -> None:
         self.conn.close()
-
-
-async def paired(
-    a: Callable[[], Awaitable[Any]], b: Callable[[], Awaitable[Any]], repeats: int
-) -> tuple[float, float]:
-    """Medians of `repeats` timings of `a` and of `b`, interleaved, after a warm-up."""
-    await a()
-    await b()
-    samples_a, samples_b = [], []
-    for _ in range(repeats):
-        start = perf()
-        await a()
-        samples_a.append(perf() - start)
-        start = perf()
-        await b()
-        samples_b.append(perf() - start)
-    return statistics.median(samples_a), statistics.median(samples_b)
 
 
 def row(
@@ -267,7 +251,7 @@ async def three_steps(folder: Path, repeats: int) -> dict[str, Any]:
                 for _ in range(5):
                     await bare.commit(size)
 
-            t_run, t_floor = await paired(run, floor, repeats)
+            t_run, t_floor = await paired_medians(run, floor, repeats)
     finally:
         bare.close()
     ratio = t_run / t_floor
