@@ -52,8 +52,8 @@ class OutputRecord(msgspec.Struct, frozen=True, kw_only=True):
     at: float | None = None  # wall-clock time of the write
 
 
-# The stored outputs of a run are bounded: the newest ones are kept. (A snapshot is
-# written whole, so an unbounded list would make every write of a chatty run slower.)
+# The stored outputs of a run are bounded: the newest ones are kept. (Each is written
+# once, but a loaded run holds them all, and a chatty step writes without end.)
 STORED_OUTPUTS = 1000
 
 
@@ -161,13 +161,6 @@ def step_record(result: StepResult, step_id: str) -> StepRecord:
         started_at=result.started_at,
         ended_at=result.ended_at,
     )
-
-
-def encode_step(run_id: str, path: str, result: StepResult) -> bytes:
-    """One member ``"path":{record}`` of a snapshot's steps object, as JSON: a
-    `Snapshot` whose ``steps`` is ``msgspec.Raw(b"{" + b",".join(members) + b"}")``
-    encodes the same JSON as one holding the records."""
-    return _encoder.encode(path) + b":" + _encode(run_id, step_record(result, path))
 
 
 def step_result(record: StepRecord, output: Any) -> StepResult:
@@ -300,22 +293,3 @@ def first_to_retry(snapshot: Snapshot) -> str:
             "fork it from a step of your choice with fork_run(run_id, from_step)"
         )
     return min(leaves)[1]
-
-
-def cancel_idle(snapshot: Snapshot, reason: str | None, now: float) -> Snapshot:
-    """A run that no process executes, canceled: its unfinished steps become
-    ``'canceled'`` (as a cancel of an idle run does). Pure: used inside a storage transaction."""
-    steps = {
-        path: msgspec.structs.replace(record, status="canceled", ended_at=now)
-        if record.status in ("running", "waiting", "suspended")
-        else record
-        for path, record in snapshot.steps.items()
-    }
-    return msgspec.structs.replace(
-        snapshot,
-        status="canceled",
-        steps=steps,
-        suspended=[],
-        cancel_requested=True,
-        cancel_reason=reason,
-    )
