@@ -5,11 +5,11 @@ records carry ``run_id``, ``step_id`` and ``attempt`` (as `extra`), so the progr
 logging configuration sees them as usual. Independently of that configuration, records
 at INFO and above are also kept for the run: the executing process gathers them here
 (`PendingLogs`) and its engine writes them with the run's next stored transition, in
-a table of their own (``Storage.append_logs``), before the snapshot itself, so a reader
-that sees a run ended also sees all it logged.
+a table of their own (``Storage.append_logs``), before the transition itself, so a
+reader that sees a run ended also sees all it logged.
 
-Not in the snapshot: a snapshot is rewritten whole at every transition, so a chatty step
-would make every write of its run slower. The storage numbers the records of a run
+Not in the run's journal: logs are not its state (a run is never replayed from them),
+and their own table keeps only the last `STORED_LOGS`. The storage numbers the records of a run
 (``seq`` from 0) and keeps the last `STORED_LOGS`; the dropped ones leave a gap at the
 front that `with_drop_marker` turns into one marker record saying how many were dropped.
 """
