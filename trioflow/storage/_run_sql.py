@@ -20,6 +20,8 @@ BESIDE_RUNS = (
     "trioflow_traces",
 )
 _FINISHED = "status IN ('success', 'failed', 'canceled')"
+# Run ids per statement (SQLite allows 32,766 parameters).
+_CHUNK = 500
 
 
 def events_for(q: Query, owner: str | None, run_id: str | None) -> list[StoredEvent]:
@@ -66,7 +68,12 @@ def prune(q: Query, ended_before: float, statuses: tuple[str, ...]) -> int:
         f"DELETE FROM trioflow_runs WHERE status IN ({marks}) AND updated_at < ? RETURNING run_id",
         (*statuses, ended_before),
     )
-    if deleted:
+    # The rows beside them by run id (indexed), not by a scan for rows without a run:
+    # a journal table holds many rows per run.
+    run_ids = [run_id for (run_id,) in deleted]
+    for start in range(0, len(run_ids), _CHUNK):
+        chunk = run_ids[start : start + _CHUNK]
+        marks = ", ".join("?" * len(chunk))
         for table in BESIDE_RUNS:
-            q(f"DELETE FROM {table} WHERE run_id NOT IN (SELECT run_id FROM trioflow_runs)", ())
+            q(f"DELETE FROM {table} WHERE run_id IN ({marks})", tuple(chunk))
     return len(deleted)
