@@ -559,13 +559,15 @@ class Engine:
         with trio.CancelScope(shield=True):
             try:  # uncontended (one save at a time): no extra pass through the scheduler
                 lock.acquire_nowait()
+                waited = False
             except trio.WouldBlock:
                 await lock.acquire()
+                waited = True
             try:
-                status = run._status
-                if (
-                    not release
-                    and status == run._stored_status
+                if (  # the write waited for may have taken all there was
+                    waited
+                    and not release
+                    and run._status == run._stored_status
                     and journal.nothing_new(run, unless_only)
                 ):
                     return
