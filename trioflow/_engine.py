@@ -127,8 +127,7 @@ class Engine:
             run.run_id, run.workflow.id, "pending", snapshot, wall_time(),
             workflow_version=run.workflow.version,
         )  # fmt: skip
-        with trio.CancelScope(shield=True):  # a batch's leader finishes it
-            stored = await self._inserts(new)
+        stored = await self._inserts(new)  # not cancellable: stored or not, we know which
         if not stored:
             if run_id is None:  # a fresh UUID4 collided: not a run the caller asked for again
                 raise ValueError(f"a run with id {run.run_id!r} is already stored")
@@ -442,12 +441,11 @@ class Engine:
             run.run_id, self.owner_id, ("pending",), now, now + self.lease_seconds,
             run.workflow.version, start,
         )  # fmt: skip
-        with trio.CancelScope(shield=True):  # a batch's leader finishes it
-            try:
-                row = await self._claims(claim)
-            except BaseException:
-                journal.not_stored(run)
-                raise
+        try:
+            row = await self._claims(claim)  # not cancellable
+        except BaseException:
+            journal.not_stored(run)
+            raise
         if row is None:
             journal.not_stored(run)
             return False
@@ -532,8 +530,8 @@ class Engine:
         return False
 
     async def _save(self, run: Run, *, release: bool, unless_only: str | None = None) -> None:
-        """Store what changed in the run since its last write, shielded: a recorded
-        transition is never lost to a cancellation. No write is made when nothing is
+        """Store what changed in the run since its last write, not cancellable: a
+        recorded transition is never lost to a cancellation. No write is made when nothing is
         new, nor when all that is new is the start of the step at `unless_only`, about
         to run (its start goes with the next write). Concurrent runs' writes share
         transactions (`GroupCommit`). Bounded in real time by the storage itself
@@ -556,38 +554,41 @@ class Engine:
             and journal.nothing_new(run, unless_only)
         ):
             return
-        with trio.CancelScope(shield=True):
-            try:  # uncontended (one save at a time): no extra pass through the scheduler
-                lock.acquire_nowait()
-                waited = False
-            except trio.WouldBlock:
+        # Not cancellable, without a cancel scope where none is needed (one costs a run
+        # more than a step does): the write itself cannot be cancelled (`GroupCommit`).
+        try:  # uncontended (one save at a time): no extra pass through the scheduler
+            lock.acquire_nowait()
+            waited = False
+        except trio.WouldBlock:
+            with trio.CancelScope(shield=True):
                 await lock.acquire()
-                waited = True
+            waited = True
+        try:
+            if (  # the write waited for may have taken all there was
+                waited
+                and not release
+                and run._status == run._stored_status
+                and journal.nothing_new(run, unless_only)
+            ):
+                return
             try:
-                if (  # the write waited for may have taken all there was
-                    waited
-                    and not release
-                    and run._status == run._stored_status
-                    and journal.nothing_new(run, unless_only)
-                ):
-                    return
-                try:
-                    entries = journal.take(run)
-                except UnstorableDataError:
-                    run._drop_unstorable()
-                    entries = journal.take(run)
-                status = run._status
-                if run._logs:  # first, so a reader that sees the run ended sees its logs
+                entries = journal.take(run)
+            except UnstorableDataError:
+                run._drop_unstorable()
+                entries = journal.take(run)
+            status = run._status
+            if run._logs:  # first, so a reader that sees the run ended sees its logs
+                with trio.CancelScope(shield=True):
                     await self._store_logs(run, run._logs)
-                write = Write(run.run_id, status, entries, journal.seq + 1, release)
-                try:
-                    saved = await self._writes(write)
-                except BaseException:
-                    journal.not_stored(run)
-                    raise
-                journal.stored(len(entries))
-            finally:
-                lock.release()
+            write = Write(run.run_id, status, entries, journal.seq + 1, release)
+            try:
+                saved = await self._writes(write)
+            except BaseException:
+                journal.not_stored(run)
+                raise
+            journal.stored(len(entries))
+        finally:
+            lock.release()
         if saved:
             run._stored_status = status
         else:
