@@ -7,10 +7,12 @@ that it takes no virtual time (`_realtime.run_io`), and except the small writes 
 run's transitions (`_call(inline=True)`): with ``synchronous=NORMAL`` a WAL commit does
 not wait for the disk and costs ~20 µs, a fifth of a trip to a worker thread, so they
 run on the Trio thread when nothing else holds the connection, without waiting for a
-lock (``busy_timeout=0``): a write that finds the database locked by another process
-goes to a worker thread and waits there. Checkpoints, the part of WAL that does wait
-for the disk, then run in a worker thread too (`CHECKPOINT_EVERY`). Each call is
-bounded in real time by SQLite's busy timeout, never by a Trio deadline.
+lock (the connection's busy timeout is 0; calls in a worker thread set theirs): a
+write that finds the database locked by another process goes to a worker thread and
+waits there. Only every `TURN_EVERY`-th inline write passes through the scheduler.
+Checkpoints, the part of WAL that does wait for the disk, run in a worker thread too
+(`CHECKPOINT_EVERY`). Each call is bounded in real time by SQLite's busy timeout, never
+by a Trio deadline.
 WAL mode lets readers in other processes go on while one writes; each state change is
 one transaction. SQLite has no notifications: `data_version` (PRAGMA data_version,
 which changes when another connection commits) is the cheap check an engine polls
@@ -60,6 +62,9 @@ INLINE_ITEMS = 4
 # After this many inline writes, the next call checkpoints the WAL in a worker thread
 # (automatic checkpoints, which would run inline in the committing call, are off).
 CHECKPOINT_EVERY = 200
+# Every this many inline writes, one gives the other tasks a turn (a pass through Trio's
+# scheduler), not each: a pass (an epoll call) costs about what the write does.
+TURN_EVERY = 8
 
 # 2: the queued column; 3: workflow_version, forked_from, queues; 4: the journal
 SCHEMA_VERSION = 4
@@ -229,19 +234,14 @@ class SQLiteStorage(Storage):
 
         if inline and self._inline:
             if self._inline_writes < CHECKPOINT_EVERY:
-                # Only when no other call holds the connection: under load, worker
-                # threads let SQLite work beside this thread's Python (2 cores).
-                try:
-                    self._limiter.acquire_nowait()
-                except trio.WouldBlock:
-                    pass
-                else:
-                    try:
-                        outcome = self._try_inline(conn, work)
-                    finally:
-                        self._limiter.release()
+                # Only when no worker thread holds the connection (none can take it
+                # while this runs: it never yields): under load, worker threads let
+                # SQLite work beside this thread's Python (2 cores).
+                if self._limiter.borrowed_tokens == 0:
+                    outcome = self._try_inline(work)
                     if outcome is not None:
-                        await trio.lowlevel.checkpoint()
+                        if self._inline_writes % TURN_EVERY == 0:
+                            await trio.lowlevel.checkpoint()
                         return outcome[0]
             else:
                 self._inline_writes = 0
@@ -251,21 +251,35 @@ class SQLiteStorage(Storage):
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     return result
 
-                return await run_io(work_and_checkpoint, limiter=self._limiter)
-        return await run_io(work, limiter=self._limiter)
+                return await run_io(self._waiting(conn, work_and_checkpoint), limiter=self._limiter)
+        return await run_io(self._waiting(conn, work), limiter=self._limiter)
 
-    def _try_inline(self, conn: sqlite3.Connection, work: Callable[[], T]) -> tuple[T] | None:
-        """``(work(),)`` if it ran here without waiting for a lock, else None: the
-        database is locked by another connection (nothing of `work` is left behind)."""
-        conn.execute("PRAGMA busy_timeout = 0")
+    def _waiting(self, conn: sqlite3.Connection, work: Callable[[], T]) -> Callable[[], T]:
+        """`work`, waiting up to the busy timeout for another connection's lock: the
+        connection of a storage that writes inline waits for none unless told so."""
+        if not self._inline:
+            return work
+        timeout_ms = round(self._timeout * 1000)
+
+        def waiting() -> T:
+            conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+            try:
+                return work()
+            finally:
+                conn.execute("PRAGMA busy_timeout = 0")
+
+        return waiting
+
+    def _try_inline(self, work: Callable[[], T]) -> tuple[T] | None:
+        """``(work(),)`` if it ran here without waiting for a lock (the connection's
+        busy timeout is 0), else None: the database is locked by another connection
+        (nothing of `work` is left behind)."""
         try:
             result = work()
         except StorageError as exc:
             if isinstance(exc.__cause__, sqlite3.OperationalError) and _is_busy(exc.__cause__):
                 return None
             raise
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {round(self._timeout * 1000)}")
         self._inline_writes += 1
         return (result,)
 
@@ -314,6 +328,8 @@ class SQLiteStorage(Storage):
                     conn.execute(_QUEUE_OLD_RUNS)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 conn.execute("COMMIT")
+                if self._inline:  # calls that may wait set it (`_waiting`)
+                    conn.execute("PRAGMA busy_timeout = 0")
             except sqlite3.Error as exc:
                 conn.close()
                 raise _storage_error(self.path, exc) from exc
@@ -895,26 +911,29 @@ def _insert(conn: sqlite3.Connection, run: NewRun) -> bool:
 
 
 def _claim(conn: sqlite3.Connection, claim: Claim) -> RunRow | None:
-    """One claim of `claim_many`, inside its transaction: the row as taken, with its
-    entries and events, or None; then its start, if any."""
+    """One claim of `claim_many`, inside its transaction: the row as taken (with its
+    start's status, if any), with its entries and events, or None; then its start's
+    entries. A start is made by the claim's own UPDATE: the row is the claimer's."""
     marks = ", ".join("?" * len(claim.statuses))
+    start = claim.start
     values = conn.execute(
         "UPDATE trioflow_runs SET owner = ?, lease_until = ?, "
-        "workflow_version = COALESCE(workflow_version, ?) WHERE run_id = ? "
-        f"AND status IN ({marks}) AND (owner IS NULL OR lease_until < ?) "
+        "workflow_version = COALESCE(workflow_version, ?)"
+        + ("" if start is None else ", status = ?, updated_at = ?")
+        + f" WHERE run_id = ? AND status IN ({marks}) AND (owner IS NULL OR lease_until < ?) "
         f"RETURNING {SQL_COLUMNS}",
-        (claim.owner, claim.lease_until, claim.workflow_version, claim.run_id, *claim.statuses,
-         claim.now),
+        (claim.owner, claim.lease_until, claim.workflow_version,
+         *(() if start is None else (start.status, claim.now)),
+         claim.run_id, *claim.statuses, claim.now),
     ).fetchone()  # fmt: skip
     if values is None:
         return None
     row = row_from_sql(values)
     events = _run_sql.events_for(_query(conn), None, claim.run_id)
-    if claim.start is None:
+    if start is None:
         row = _with_entries(conn, row)
     else:  # a pending run's start: the caller knows its entries (none, or a fork's)
-        _apply(conn, claim.start, claim.owner, claim.now, same=False)
-        _append(conn, [claim.start])
+        _append(conn, [start])
     return msgspec.structs.replace(row, events=tuple(events))
 
 
