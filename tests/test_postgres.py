@@ -635,23 +635,26 @@ async def test_four_workers_a_thousand_runs_one_killed(
         async def ended() -> int:
             return int((await query(factory, "SELECT count(*) FROM trioflow_ends"))[0][0])
 
-        with trio.fail_after(60):
-            while True:
-                if await ended() >= total // 3:
-                    break
-                await trio.sleep(0.02)
-        victim.kill()
-        # What the dead worker held (a commit it sent before dying lands at once).
-        await trio.sleep(0.2)
-        held = {
-            run_id
-            for (run_id,) in await query(
+        async def victim_holds() -> set[str]:
+            rows = await query(
                 factory,
                 "SELECT run_id FROM trioflow_runs WHERE owner = %s "
                 "AND status NOT IN ('success', 'failed', 'canceled')",
                 victim.owner,
             )
-        }
+            return {run_id for (run_id,) in rows}
+
+        # Killed a third of the way, at a moment it holds runs (a worker whose runs all
+        # ended holds none until its next claim).
+        with trio.fail_after(60):
+            while True:
+                if await ended() >= total // 3 and await victim_holds():
+                    break
+                await trio.sleep(0.005)
+        victim.kill()
+        # What the dead worker held (a commit it sent before dying lands at once).
+        await trio.sleep(0.2)
+        held = await victim_holds()
         with trio.fail_after(60):
             while True:
                 if await ended() >= total:
