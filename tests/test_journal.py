@@ -383,7 +383,14 @@ async def test_a_failed_batch_fails_only_its_runs_and_they_recover(
 
 
 def batch_victim(batch: Sequence[Write]) -> str:
-    return batch[len(batch) // 2].run_id
+    """A run of `batch` whose write in it is not its last (the middle one of those)."""
+    between_steps = [write for write in batch if not write.release]
+    return between_steps[len(between_steps) // 2].run_id
+
+
+def steps_ended_in(write: Write) -> list[str]:
+    entries = [_journal._decoder.decode(data) for data in write.entries]
+    return [e.path for e in entries if isinstance(e, _journal.StepSet) and e.status == "success"]
 
 
 async def test_a_run_taken_over_during_a_batch_stops_and_the_others_finish(
@@ -398,7 +405,7 @@ async def test_a_run_taken_over_during_a_batch_stops_and_the_others_finish(
     def take_over(batch: Sequence[Write]) -> None:
         """Before the first batch of several writes goes, another process takes one of
         its runs (as after our lease expired): that write loses its compare-and-set."""
-        if not taken and len(batch) > 1:
+        if not taken and len(batch) > 1 and not all(write.release for write in batch):
             taken.extend(batch)
             with sqlite3.connect(db) as conn:
                 conn.execute(
@@ -426,8 +433,15 @@ async def test_a_run_taken_over_during_a_batch_stops_and_the_others_finish(
     assert [(r.status, r.result) for r in others] == [
         ("success", f"{run_id}+s1+s2+s3") for run_id in run_ids if run_id != victim
     ]
-    # The victim ran s1 only, and wrote nothing after the write it lost.
-    assert {key: n for key, n in calls.items() if key[0] == victim} == {(victim, "s1"): 1}
+    # The victim ran each step up to the one whose end the lost write held (and whose
+    # next step's start), once, and none after; it wrote nothing after that write.
+    (lost,) = [write for write in taken if write.run_id == victim]
+    last_ended = steps_ended_in(lost)[-1]
+    ran = ["s1", "s2", "s3"][: int(last_ended[1:])]
+    assert last_ended != "s3"
+    assert {key: n for key, n in calls.items() if key[0] == victim} == {
+        (victim, step): 1 for step in ran
+    }
     after = writes.batches[writes.batches.index(taken) + 1 :]
     assert not any(w.run_id == victim for batch in after for w in batch)
     messages = [r.getMessage() for r in caplog.records]
@@ -435,8 +449,11 @@ async def test_a_run_taken_over_during_a_batch_stops_and_the_others_finish(
     async with trioflow.SQLiteStorage(db) as reader:
         row = await reader.load(victim)
     assert (row.status, row.owner) == ("running", "another process")
-    # As the other process found it: started, s1 not yet recorded.
-    assert {path: r.status for path, r in _journal.of_row(row).steps.items()} == {}
+    # As the other process found it: the steps before the lost write's recorded, no more.
+    stored = {path: r.status for path, r in _journal.of_row(row).steps.items()}
+    assert stored == {step: "success" for step in ran[:-1]} | (
+        {ran[-1]: "running"} if len(ran) > 1 else {}
+    )
 
 
 # -- SIGKILL during a group commit ------------------------------------------------------------
