@@ -197,13 +197,14 @@ _INSERT = (
     "%s::text[], %s::text[]) AS n(run_id, workflow_id, status, snapshot, created_at, queued, "
     "workflow_version, forked_from) ON CONFLICT (run_id) DO NOTHING RETURNING run_id"
 )
-# Journal entries sent as one JSON array of [run id, seq, entry] (`_entries_json`): each
-# entry is JSON already, and a `json` value keeps its text as sent, so the stored bytes
-# are the entry's own. (Arrays of parameters cost a Python loop per item in psycopg,
-# under load the most of a batch's time on this process's GIL.)
+# Journal entries sent as one JSON array of [run id, first seq, [entry, ...]] per write
+# (`_entries_json`): each entry is JSON already, and a `json` value keeps its text as
+# sent, so the stored bytes are the entry's own. (Arrays of parameters cost a Python
+# loop per item in psycopg, under load the most of a batch's time on this process's GIL.)
 _ADD_ENTRIES = (
-    "INSERT INTO trioflow_entries (run_id, seq, data) SELECT x->>0, (x->>1)::bigint, "
-    "convert_to((x->2)::text, 'UTF8') FROM json_array_elements(%(entries)s::json) x"
+    "INSERT INTO trioflow_entries (run_id, seq, data) SELECT x->>0, (x->>1)::bigint + e.n - 1, "
+    "convert_to(e.entry::text, 'UTF8') FROM json_array_elements(%(entries)s::json) x, "
+    "json_array_elements(x->2) WITH ORDINALITY e(entry, n)"
 )
 # Claims, each with its start (a new status and entries) if given, in one statement:
 # under load each answer waits for this process's GIL, so round trips are dear. Rows are
@@ -1214,9 +1215,9 @@ def _entries_json(writes: Iterable[Write]) -> str:
     """The entries of `writes` for `_ADD_ENTRIES`."""
     return _json(
         [
-            [write.run_id, seq, msgspec.Raw(data)]
+            [write.run_id, write.first_seq, msgspec.Raw(b"[" + b",".join(write.entries) + b"]")]
             for write in writes
-            for seq, data in enumerate(write.entries, write.first_seq)
+            if write.entries
         ]
     )
 
