@@ -182,6 +182,7 @@ class KillingStorage(trioflow.SQLiteStorage):
         self.save_many_calls += 1
         self.batch_sizes.append(len(writes))
         if self.kind == "in-batch" and self.save_many_calls >= self.kill_at and len(writes) > 1:
+            self.kind = "dying"  # a second batch may start before this one is applied
             print(f"dying in a batch of {len(writes)} writes", flush=True)
             self._die_in_second_write()
         return await self._write(super().save_many, writes, *args, **kwargs)  # type: ignore[no-any-return]
@@ -194,7 +195,7 @@ class KillingStorage(trioflow.SQLiteStorage):
         def trace(statement: str) -> None:
             nonlocal applying
             # Only a write of `save_many` sets updated_at (claims, renewals and releases
-            # set the owner or lease); this batch is the engine's only one under way.
+            # set the owner or lease); this batch holds the connection until it is done.
             if statement.startswith(
                 ("UPDATE trioflow_runs SET updated_at", "UPDATE trioflow_runs SET status = ?")
             ):

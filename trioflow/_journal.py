@@ -163,6 +163,9 @@ def canceled_idle(reason: str | None, now: float) -> bytes:
     return _encoder.encode(CanceledIdle(reason=reason, at=now))
 
 
+_NOTHING_TAKEN: tuple[dict[str, None], dict[str, None], list[tuple[str, int]]] = ({}, {}, [])
+
+
 class Tracked(dict[str, V]):
     """A table of a durable run that notes which keys were set or deleted since the run
     was last stored. Only item assignment and ``del`` are noted: the executor changes
@@ -190,6 +193,9 @@ class Tracked(dict[str, V]):
         self.done_items.append((path, index))
 
     def take(self) -> tuple[dict[str, None], dict[str, None], list[tuple[str, int]]]:
+        """What changed since the last take (read only), noted anew from here."""
+        if not (self.changed or self.removed or self.done_items):
+            return _NOTHING_TAKEN  # the usual case of most tables: nothing to allocate
         taken = (self.changed, self.removed, self.done_items)
         self.changed, self.removed, self.done_items = {}, {}, []
         return taken
@@ -266,7 +272,11 @@ class Journal:
         entries: list[bytes] = []
         written: dict[str, StepResult] = {}
         try:
-            encode = self._encoder(run.run_id)
+            run_id = run.run_id
+
+            def encode(entry: Entry, where: str) -> bytes:
+                return _snapshot.encode_value(run_id, where or "some of its data", entry)
+
             if not self.input_stored:
                 entries.append(encode(InputSet(value=run._state.input), "the run's input"))
             changed, removed, _ = taken[0]
@@ -283,6 +293,8 @@ class Journal:
                 ("states", taken[2], states),
             )
             for table_name, (changed, removed, items), table in tables:
+                if not (changed or removed or items):
+                    continue
                 if removed:
                     entries.append(encode(Removed(table=table_name, keys=list(removed)), ""))
                 for key in changed:
@@ -344,13 +356,6 @@ class Journal:
         ):
             assert isinstance(table, Tracked)
             table.give_back(table_taken)
-
-    @staticmethod
-    def _encoder(run_id: str) -> Any:
-        def encode(entry: Entry, where: str) -> bytes:
-            return _snapshot.encode_value(run_id, where or "some of its data", entry)
-
-        return encode
 
     def _step_entry(
         self, run: Run, path: str, record: StepResult, written: dict[str, StepResult]

@@ -810,11 +810,12 @@ class Run:
     def _run_fields(self) -> RunSet:
         """The run's own fields, as its journal stores them (the result aside)."""
         state = self._state
+        pending = state.pending_events
         return RunSet(
             status=self._status,
             error=_snapshot.error_record(state.error),
             suspended=state.suspended,
-            pending_events={name: list(q) for name, q in state.pending_events.items()},
+            pending_events={name: list(q) for name, q in pending.items()} if pending else {},
             cancel_requested=self.cancel_requested,
             cancel_reason=_snapshot.reason_text(self._controller.signal.reason)
             if self.cancel_requested
