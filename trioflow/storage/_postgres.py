@@ -190,12 +190,13 @@ _ROW_WITH_ENTRIES = (
     "WHERE e.run_id = r.run_id ORDER BY e.seq) FROM trioflow_runs r WHERE r.run_id = %s"
 )
 # New runs, each unless its id is taken: the ids stored.
+# New runs as one JSON array of NewRun tuples, the snapshot in hex (see _ADD_ENTRIES).
 _INSERT = (
     "INSERT INTO trioflow_runs (run_id, workflow_id, status, snapshot, created_at, "
-    "queued, workflow_version, forked_from, updated_at) SELECT *, created_at FROM "
-    "unnest(%s::text[], %s::text[], %s::text[], %s::bytea[], %s::float8[], %s::boolean[], "
-    "%s::text[], %s::text[]) AS n(run_id, workflow_id, status, snapshot, created_at, queued, "
-    "workflow_version, forked_from) ON CONFLICT (run_id) DO NOTHING RETURNING run_id"
+    "queued, workflow_version, forked_from, updated_at) SELECT x->>0, x->>1, x->>2, "
+    "decode(x->>3, 'hex'), (x->>4)::float8, (x->>5)::boolean, x->>6, x->>7, "
+    "(x->>4)::float8 FROM json_array_elements(%s::json) x "
+    "ON CONFLICT (run_id) DO NOTHING RETURNING run_id"
 )
 # Journal entries sent as one JSON array of [run id, first seq, [entry, ...]] per write
 # (`_entries_json`): each entry is JSON already, and a `json` value keeps its text as
@@ -579,10 +580,10 @@ class PostgresStorage(Storage):
             raise ValueError(f"a run with id {run_id!r} is already stored; pick another run_id")
 
     async def insert_many(self, runs: Sequence[NewRun]) -> list[bool]:
-        columns = [list(column) for column in zip(*runs, strict=True)]
+        new = _json([(*run[:3], run.snapshot.hex(), *run[4:]) for run in runs])
 
         def work(conn: psycopg.Connection[Any]) -> list[bool]:
-            ids = {run_id for (run_id,) in conn.execute(_INSERT, columns).fetchall()}
+            ids = {run_id for (run_id,) in conn.execute(_INSERT, (new,)).fetchall()}
             stored = []
             for run in runs:  # the first of two runs with one id in a batch is the one stored
                 stored.append(run.run_id in ids)
