@@ -531,15 +531,15 @@ class Engine:
 
     async def _save(self, run: Run, *, release: bool, unless_only: str | None = None) -> None:
         """Store what changed in the run since its last write, not cancellable: a
-        recorded transition is never lost to a cancellation. No write is made when nothing is
-        new, nor when all that is new is the start of the step at `unless_only`, about
-        to run (its start goes with the next write). Concurrent runs' writes share
-        transactions (`GroupCommit`). Bounded in real time by the storage itself
-        (SQLite's busy timeout, PostgreSQL's timeouts), never by a Trio deadline: under
-        MockClock, autojump would jump straight to it. Data msgspec cannot encode fails
-        the run, not the write (`Run._drop_unstorable`). A write that loses its
-        compare-and-set means another process ended or took the run: this execution
-        stops without a trace."""
+        recorded transition is never lost to a cancellation. No write is made when
+        nothing is new, nor when all that is new is the start of the step at
+        `unless_only`, about to run (its start goes with the next write). Concurrent
+        runs' writes share transactions (`GroupCommit`). Bounded in real time by the
+        storage itself (SQLite's busy timeout, PostgreSQL's timeouts), never by a Trio
+        deadline: under MockClock, autojump would jump straight to it. Data msgspec
+        cannot encode fails the run, not the write (`Run._drop_unstorable`). A write
+        that loses its compare-and-set means another process ended or took the run:
+        this execution stops without a trace."""
         if run._lost:
             return
         journal = run._state.journal

@@ -189,8 +189,8 @@ _ROW_WITH_ENTRIES = (
     f"SELECT {SQL_COLUMNS}, ARRAY(SELECT e.data FROM trioflow_entries e "
     "WHERE e.run_id = r.run_id ORDER BY e.seq) FROM trioflow_runs r WHERE r.run_id = %s"
 )
-# New runs, each unless its id is taken: the ids stored.
-# New runs as one JSON array of NewRun tuples, the snapshot in hex (see _ADD_ENTRIES).
+# New runs, each unless its id is taken: the ids stored. They go as one JSON array of
+# NewRun tuples, the snapshot in hex (why JSON: see _ADD_ENTRIES).
 _INSERT = (
     "INSERT INTO trioflow_runs (run_id, workflow_id, status, snapshot, created_at, "
     "queued, workflow_version, forked_from, updated_at) SELECT x->>0, x->>1, x->>2, "
