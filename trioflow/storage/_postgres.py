@@ -190,12 +190,14 @@ _ROW_WITH_ENTRIES = (
     "WHERE e.run_id = r.run_id ORDER BY e.seq) FROM trioflow_runs r WHERE r.run_id = %s"
 )
 # New runs, each unless its id is taken: the ids stored. They go as one JSON array of
-# NewRun tuples, the snapshot in hex (why JSON: see _ADD_ENTRIES).
+# NewRun tuples, the snapshot in hex (why JSON: see _ADD_ENTRIES). Such parameters of
+# plain strings and numbers are read as jsonb, parsed once; `->>` on json text parses
+# the element again for each field.
 _INSERT = (
     "INSERT INTO trioflow_runs (run_id, workflow_id, status, snapshot, created_at, "
     "queued, workflow_version, forked_from, updated_at) SELECT x->>0, x->>1, x->>2, "
     "decode(x->>3, 'hex'), (x->>4)::float8, (x->>5)::boolean, x->>6, x->>7, "
-    "(x->>4)::float8 FROM json_array_elements(%s::json) x "
+    "(x->>4)::float8 FROM jsonb_array_elements(%s::jsonb) x "
     "ON CONFLICT (run_id) DO NOTHING RETURNING run_id"
 )
 # Journal entries sent as one JSON array of [run id, first seq, [entry, ...]] per write
@@ -214,7 +216,7 @@ _ADD_ENTRIES = (
 _CLAIM_MANY = (
     "WITH c AS (SELECT x->>0 AS run_id, x->>1 AS owner, (x->>2)::float8 AS lease_until, "
     "x->>3 AS version, x->>4 AS allowed, (x->>5)::float8 AS now, x->>6 AS start "
-    "FROM json_array_elements(%(claims)s::json) x), "
+    "FROM jsonb_array_elements(%(claims)s::jsonb) x), "
     "locked AS (SELECT r.run_id FROM trioflow_runs r JOIN c ON c.run_id = r.run_id "
     "WHERE r.status = ANY(string_to_array(c.allowed, ',')) "
     "AND (r.owner IS NULL OR r.lease_until < c.now) ORDER BY r.run_id FOR UPDATE OF r), "
@@ -240,7 +242,7 @@ _CLAIM_MANY = (
 # (delivered when the statement commits).
 _SAVE_MANY = (
     "WITH w AS (SELECT x->>0 AS run_id, x->>1 AS status, (x->>2)::boolean AS release "
-    "FROM json_array_elements(%(writes)s::json) x), "
+    "FROM jsonb_array_elements(%(writes)s::jsonb) x), "
     "locked AS (SELECT r.run_id FROM trioflow_runs r JOIN w ON w.run_id = r.run_id "
     f"WHERE r.owner = %(owner)s AND r.{_NOT_ENDED} ORDER BY r.run_id FOR UPDATE OF r), "
     "saved AS (UPDATE trioflow_runs r SET status = w.status, updated_at = %(now)s, "
