@@ -27,6 +27,7 @@ from ._results import RunStatus
 from ._run import Run, _initial_state
 from ._schedules import Schedule, check_schedules, serve_schedules
 from ._schema import convert
+from ._util import random_run_id
 from .storage import Claim, NewRun, RunRow, RunSummary, ScheduleState, Storage, Write
 
 if TYPE_CHECKING:
@@ -290,7 +291,7 @@ class Engine:
             path = ".".join(from_step)
         else:
             path = from_step if isinstance(from_step, str) else from_step.id
-        new_id = new_run_id if new_run_id is not None else str(uuid.uuid4())
+        new_id = new_run_id if new_run_id is not None else random_run_id()
         forked = _snapshot.fork(_journal.of_row(row), new_id, path)
         await self.storage.insert(
             new_id,

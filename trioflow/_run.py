@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
-import uuid
 from collections import deque
 from collections.abc import Sequence
 from functools import partial
@@ -55,6 +54,7 @@ from ._transitions import (
     resolve_suspended,
     suspended_leaves,
 )
+from ._util import random_run_id
 from .storage._base import EXECUTING_STATUSES
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class Run:
 
     def __init__(self, workflow: Graph, run_id: str | None = None) -> None:
         self.workflow = workflow
-        self.run_id = run_id if run_id is not None else str(uuid.uuid4())
+        self.run_id = run_id if run_id is not None else random_run_id()
         self.cancel_requested = False
         self._status: RunStatus = "pending"
         self._controller = AbortController()

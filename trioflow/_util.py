@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import types
 from collections.abc import Mapping
 
@@ -77,3 +78,13 @@ def fixup_module_metadata(module_name: str, namespace: Mapping[str, object]) -> 
             if isinstance(member, staticmethod | classmethod):
                 member = member.__func__
             fix_one(f"{outer}.{attr_name}", attr_name, member)
+
+
+def random_run_id() -> str:
+    """A random UUID4 in its canonical text form, as ``str(uuid.uuid4())`` gives, in
+    half the time (uuid.UUID validates and converts in Python): one per run created."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
