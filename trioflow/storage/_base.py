@@ -257,9 +257,9 @@ class Storage(abc.ABC):
     ) -> RunRow | None:
         """Take the run for `owner` if its status is in `statuses` and nobody holds a
         live lease on it; the row as taken (with its events, and its entries unless
-        `start` is given), or None. A run stored
-        before versions existed takes `workflow_version`. With `start`, the same
-        transaction then applies that write (a run's start: its status and input)."""
+        `start` is given), or None. A run stored before versions existed takes
+        `workflow_version`. With `start`, the same transaction also applies that write
+        (a run's start: its status and input)."""
 
     async def insert_many(self, runs: Sequence[NewRun]) -> list[bool]:
         """`insert` each run, in one transaction where the backend can; per run, False
