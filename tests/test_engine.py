@@ -1225,6 +1225,28 @@ async def test_storage_claims_and_saves_are_compare_and_set(new_storage: NewStor
         assert await storage.recoverable(["wf"], 200.0, 10) == []
 
 
+async def test_a_claim_with_a_start_answers_the_started_row(new_storage: NewStorage) -> None:
+    """Every backend answers a start's claim alike: the row with the start's status and
+    the run's events, without entries (the caller knows them); the entries are stored."""
+    from trioflow.storage._base import Write
+
+    storage = new_storage()
+    async with storage:
+        await storage.insert("r", "wf", "pending", snapshot_bytes("r"), 100.0)
+        assert await storage.put_event("r", "go", b'"now"', 100.5) == "pending"
+        start = Write("r", "running", [b"1", b"2"], 1)
+        row = await storage.claim("r", "A", ("pending",), 101.0, 111.0, start=start)
+        assert row is not None
+        assert (row.status, row.owner, row.entries) == ("running", "A", ())
+        assert [(e.name, e.data) for e in row.events] == [("go", b'"now"')]
+        stored = await storage.load("r")
+        assert (stored.status, stored.updated_at, stored.entries) == (
+            "running",
+            101.0,
+            (b"1", b"2"),
+        )
+
+
 async def test_storage_cancel_requests(new_storage: NewStorage) -> None:
     storage = new_storage()
     watcher = new_storage()  # another connection, for data_version

@@ -152,10 +152,11 @@ class MemoryStorage(Storage):
         row = _replace(row, owner=owner, lease_until=lease_until, workflow_version=version)
         self._put(row)
         events = tuple(event for event in self._events if event.run_id == run_id)
-        taken = _replace(self._with_entries(row), events=events)
-        if start is not None:
-            self._apply(start, owner, now)
-        return taken
+        if start is None:
+            return _replace(self._with_entries(row), events=events)
+        self._apply(start, owner, now)
+        # As the SQL backends answer: the row with its start's status, without entries.
+        return _replace(self._get(run_id), events=events)
 
     async def claim_queued(
         self,
