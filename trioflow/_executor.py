@@ -361,11 +361,7 @@ def _others_in_flight(run: RunState, path: str) -> bool:
 async def persist(run: RunState) -> None:
     """Store the run's state now, if it is durable. (Failures, suspensions and the end
     are stored by the run's finalizer.)"""
-    if run._engine is not None:
-        await run._engine._save(run, release=False)
-        run._raise_fault()  # some of the run's data could not be stored: it fails
-        if run._lost:  # another process took the run: nothing more starts here
-            raise StopRun
+    await store_before(run, None)
 
 
 async def store_before(run: RunState, path: str | None) -> None:
@@ -380,8 +376,8 @@ async def store_before(run: RunState, path: str | None) -> None:
             # Some data of the run cannot be stored: it fails here, and the step that
             # was about to run never started.
             run._state.unbegin(path)
-        run._raise_fault()
-        if run._lost:
+        run._raise_fault()  # some of the run's data could not be stored: it fails
+        if run._lost:  # another process took the run: nothing more starts here
             raise StopRun
 
 
