@@ -14,7 +14,6 @@ module): the invariants were spread over three modules.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from typing import Any
 
@@ -27,8 +26,6 @@ from ._results import StepResult
 from ._snapshot import OutputRecord
 from ._transitions import cancel_order
 
-# Appended to a step's key so that its nested steps sort (and are canceled) before it.
-AFTER_CHILDREN = math.inf
 # `take_event` when no event of that name is queued.
 NO_EVENT: Any = object()
 # The fields of a step record that hold user data (checked when a run cannot be stored).
@@ -58,8 +55,8 @@ class ExecutionState:
 
     def __init__(self) -> None:
         self.steps: dict[str, StepResult] = {}
-        # The steps in progress, under a sort key of declaration indices (cancel order).
-        self.in_flight: dict[str, tuple[float, ...]] = {}
+        # The steps in progress, under their key of declaration indices (cancel order).
+        self.in_flight: dict[str, tuple[int, ...]] = {}
         # A loop's (iteration, output, done), a foreach's finished outputs by index, a
         # sleep's or event wait's wall-clock deadline, an event's data.
         self.progress: dict[str, Any] = {}
@@ -92,12 +89,12 @@ class ExecutionState:
         else:
             record = StepResult(status="running", payload=payload, started_at=wall_time())
         self.steps[path] = record
-        self.in_flight[path] = (*key, AFTER_CHILDREN)
+        self.in_flight[path] = key
 
     def wait_step(self, path: str, payload: Any, key: tuple[int, ...]) -> None:
         """Record `path` ``'waiting'`` (a sleep, an event wait): in flight."""
         self.steps[path] = StepResult(status="waiting", payload=payload, started_at=wall_time())
-        self.in_flight[path] = (*key, AFTER_CHILDREN)
+        self.in_flight[path] = key
 
     def succeed(self, path: str, output: Any, payload: Any) -> None:
         """`end_step` for the common outcome, without its keyword plumbing (the hot path)."""

@@ -6,6 +6,7 @@ are tested without Trio, and the executor and the run only apply what they decid
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
@@ -33,14 +34,15 @@ def cancel_result(status: RunStatus) -> CancelResult:
     return CancelResult(message=f"Workflow run already {status}", status=status)
 
 
-def cancel_order(in_flight: Mapping[str, tuple[float, ...]], under: tuple[int, ...]) -> list[str]:
-    """The in-flight step paths whose sort key starts with `under`, in the order their
-    ``'canceled'`` records are written: declaration (or input) order, nested steps
-    before the step that holds them — never the order Trio happens to wake them."""
+def cancel_order(in_flight: Mapping[str, tuple[int, ...]], under: tuple[int, ...]) -> list[str]:
+    """The in-flight step paths whose key (of declaration indices) starts with `under`,
+    in the order their ``'canceled'`` records are written: declaration (or input) order,
+    nested steps before the step that holds them — never the order Trio happens to wake
+    them."""
     n = len(under)
     return sorted(
         (path for path, key in in_flight.items() if key[:n] == under),
-        key=in_flight.__getitem__,
+        key=lambda path: (*in_flight[path], math.inf),  # a step sorts after its children
     )
 
 
