@@ -258,7 +258,7 @@ async def run_step(
     started, extra = begin_step(frame, step, value, key, loop=loop, resume_data=resume_data)
     if not started:
         return extra
-    return await finish_step(frame, step, value, key, extra)
+    return await finish_step(frame, step, frame.prefix + step.id, value, key, extra)
 
 
 def begin_step(
@@ -290,24 +290,22 @@ def begin_step(
 async def finish_step(
     frame: Frame,
     step: Step[Any, Any] | Graph,
+    path: str,
     value: Any,
     key: Key,
     resume_data: Any,
 ) -> Any:
-    """Execute a step that `begin_step` started, and record how it ended. Its end is
-    stored by the run's next write: before the next step executes (with that step's
-    start), or by the finalizer."""
+    """Execute the step at `path` that `begin_step` started, and record how it ended.
+    Its end is stored by the run's next write: before the next step executes (with that
+    step's start), or by the finalizer."""
     run = frame.run
-    path = frame.prefix + step.id
     if not isinstance(step, Step):  # a nested workflow
         return await _run_nested(frame, step, path, value, key)
     assert type(step) is Step
     if run._engine is not None:
         await store_before(run, path)
     try:
-        if step.plain and not (
-            step.retries if step.retries is not None else frame.workflow.retry_config.attempts
-        ):
+        if _is_plain(step, frame.workflow):
             # The common case, without the coroutine layer of retries and timeouts.
             ctx = StepContext(frame, value, run._signal, resume_data, 0, False, step)
             try:
@@ -321,34 +319,55 @@ async def finish_step(
                     ctx._close()
         else:
             output = await call_step(frame, step, path, value, resume_data)
-    except Suspend as exc:
+    except Exception as exc:
+        raise _step_raised(run, step, path, value, exc) from None
+    _step_succeeded(frame, path, value, output)
+    if run._engine is not None and _others_in_flight(run, path):
+        await persist(run)  # no next step will store this end soon: siblings still run
+    return output
+
+
+def _is_plain(step: Step[Any, Any], workflow: Graph) -> bool:
+    """Whether `step` is called as it is: async, no schemas, no timeout, no retries."""
+    return step.plain and not (
+        step.retries if step.retries is not None else workflow.retry_config.attempts
+    )
+
+
+def _step_succeeded(frame: Frame, path: str, value: Any, output: Any) -> None:
+    """Record that the step at `path` returned `output` for `value`."""
+    run = frame.run
+    if run._watchers.channels:
+        _end(run, path, "success", output=output, payload=value)
+    else:  # the common outcome, without `_end`'s keyword plumbing (the hot path)
+        frame.exec_state.succeed(path, output, value)
+
+
+def _step_raised(
+    run: RunState, step: Step[Any, Any], path: str, value: Any, exc: Exception
+) -> Outcome:
+    """Record how the step at `path` ended when it raised `exc` for `value`; the
+    outcome that ends the step loop."""
+    if isinstance(exc, Suspend):
         try:
             payload = convert(
                 exc.payload, step.suspend_schema, step_id=path, what="suspend payload"
             )
         except ValidationError as error:
             _end(run, path, "failed", error=error)
-            raise FailRun(error, path) from None
+            return FailRun(error, path)
         _end(run, path, "suspended", suspend_payload=payload, payload=value)
-        raise SuspendRun([path]) from None
-    except Bail as exc:
+        return SuspendRun([path])
+    if isinstance(exc, Bail):
         _end(run, path, "success", output=exc.result, payload=value)
-        raise BailRun(exc.result) from None
-    except Exception as exc:
-        if isinstance(exc, AbortError) and (run.cancel_requested or exc is run._signal.reason):
-            # ctx.abort(), or the run's own signal raised (throw_if_aborted): canceled.
-            _end(run, path, "canceled", payload=value)
-            run._request_cancel(None, cancel_scope=True)
-            raise StopRun from None
-        _end(run, path, "failed", error=exc, payload=value)
-        raise FailRun(exc, path) from None
-    if run._watchers.channels:
-        _end(run, path, "success", output=output, payload=value)
-    else:  # the common outcome, without `_end`'s keyword plumbing (the hot path)
-        frame.exec_state.succeed(path, output, value)
-    if run._engine is not None and _others_in_flight(run, path):
-        await persist(run)  # no next step will store this end soon: siblings still run
-    return output
+        return BailRun(exc.result)
+    if isinstance(exc, AbortError) and (run.cancel_requested or exc is run._signal.reason):
+        # ctx.abort(), or the run's own signal raised (throw_if_aborted): canceled.
+        _end(run, path, "canceled", payload=value)
+        run._request_cancel(None, cancel_scope=True)
+        return StopRun()
+    _end(run, path, "failed", error=exc, payload=value)
+    return FailRun(exc, path)
 
 
 def _others_in_flight(run: RunState, path: str) -> bool:
@@ -538,7 +557,9 @@ async def _run_parallel(
     async def branch(index: int, step: Step[Any, Any] | Graph, resume_data: Any) -> None:
         nonlocal failed
         try:
-            outcomes[index] = await finish_step(frame, step, value, (*key, index), resume_data)
+            outcomes[index] = await finish_step(
+                frame, step, frame.prefix + step.id, value, (*key, index), resume_data
+            )
         except Outcome as exc:
             outcomes[index] = exc
             if isinstance(exc, FailRun | StopRun) and not failed:
@@ -601,6 +622,16 @@ async def _run_loop(frame: Frame, node: LoopNode, value: Any, key: Key) -> Any:
         iteration, value, done = progress
     step, condition, until = node.step, node.condition, node.until
     nested = not isinstance(step, Step)
+    # A plain step of a run in memory, untraced, is awaited here: the hot path of long
+    # loops, without `finish_step`'s coroutine layer (nothing to store before or after).
+    inline = (
+        step
+        if isinstance(step, Step)
+        and _is_plain(step, frame.workflow)
+        and run._engine is None
+        and run._trace is None
+        else None
+    )
     while not done:
         record = _replayed(run, state, path, loop=True)  # begin_step, inline
         suspended = record is not None and record.status == "suspended"
@@ -608,7 +639,20 @@ async def _run_loop(frame: Frame, node: LoopNode, value: Any, key: Key) -> Any:
         state.begin_step(path, value, key, record)
         if run._watchers.channels:
             _emit_start(run, path, value)
-        value = await finish_step(frame, step, value, key, resume_data)
+        if inline is not None:
+            ctx = StepContext(frame, value, run._signal, resume_data, 0, False, inline)
+            try:
+                try:
+                    output = await inline.execute(ctx)
+                finally:  # as in finish_step: the step's signal goes before its end is recorded
+                    if ctx._signal is not None:
+                        ctx._close()
+            except Exception as exc:
+                raise _step_raised(run, inline, path, value, exc) from None
+            _step_succeeded(frame, path, value, output)
+            value = output
+        else:
+            value = await finish_step(frame, step, path, value, key, resume_data)
         iteration += 1
         try:  # the condition inline: this is the hot path of long loops
             verdict = condition(ConditionContext(frame, value, iteration))
