@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from composition_helpers import Log, of, sleeper, watched_start
@@ -236,3 +237,77 @@ async def test_during_a_cancel_grace_period_no_further_iteration_starts(
     assert trio.current_time() == 1
     assert result.status == "canceled"
     assert result.steps["count"].status == "success"
+
+
+@pytest.mark.parametrize("retries", [None, 1], ids=["plain", "with-retries"])
+@pytest.mark.parametrize("watched", [False, True], ids=["unwatched", "watched"])
+async def test_each_way_an_iteration_ends_is_recorded_alike_on_both_paths(
+    retries: int | None, watched: bool
+) -> None:
+    """The loop of a run in memory awaits a plain step itself; a step with retries goes
+    through `finish_step`. A failure, a suspension, a bail and an abort in an iteration
+    end the run and the step's record the same way on both paths, watched or not."""
+
+    async def step(ctx: trioflow.StepContext[Any]) -> Any:
+        how, value = ctx.input_data
+        if value == 2 and ctx.resume_data is None:
+            if how == "fail":
+                raise ValueError("two")
+            if how == "suspend":
+                ctx.suspend({"at": value})
+            if how == "bail":
+                ctx.bail("early")
+            if how == "abort":
+                ctx.abort()
+        return how, value + (ctx.resume_data or 1)
+
+    workflow = (
+        trioflow.create_workflow(id="loop")
+        .dountil(
+            trioflow.create_step(id="step", execute=step, retries=retries),
+            lambda ctx: ctx.iteration_count >= 5,
+        )
+        .commit()
+    )
+
+    async def start(how: str) -> tuple[trioflow.Run, trioflow.RunResult]:
+        run = await workflow.create_run()
+        if not watched:
+            return run, await run.start((how, 0))
+        seen = await watched_start(run, (how, 0))
+        assert seen.result is not None
+        ended = {"fail": "failed", "suspend": "suspended", "bail": "success", "abort": "canceled"}
+        ends = [
+            status or "suspended"  # a suspension's event has no status
+            for kind, _, status in seen.brief()
+            if kind in ("workflow-step-result", "workflow-step-suspended")
+        ]
+        assert ends == ["success", "success", ended[how]]
+        return run, seen.result
+
+    with trio.fail_after(10):
+        _, failed = await start("fail")
+        assert failed.status == "failed"
+        assert isinstance(failed.error, ValueError)
+        record = failed.steps["step"]
+        assert (record.status, record.payload, record.error) == (
+            "failed",
+            ("fail", 2),
+            failed.error,
+        )
+
+        run, suspended = await start("suspend")
+        assert suspended.status == "suspended"
+        record = suspended.steps["step"]
+        assert (record.status, record.suspend_payload) == ("suspended", {"at": 2})
+        resumed = await run.resume(step="step", resume_data=10)
+        # 2 + 10, then two more iterations: the resumed one took the resume data
+        assert (resumed.status, resumed.result) == ("success", ("suspend", 14))
+
+        _, bailed = await start("bail")
+        assert (bailed.status, bailed.result) == ("success", "early")
+        assert (bailed.steps["step"].status, bailed.steps["step"].output) == ("success", "early")
+
+        _, aborted = await start("abort")
+        assert aborted.status == "canceled"
+        assert aborted.steps["step"].status == "canceled"
