@@ -416,8 +416,12 @@ async def call_step(
         try:
             with _NO_TRACE if trace is None else trace.step(path, attempt + 1):
                 if step.timeout is None:
+                    signal, in_thread = run._signal, not step.is_async
+                    # A worker-thread step gets its own signal now: a thread must not
+                    # register one on the run's.
+                    own = signal._derive() if in_thread else None
                     ctx = StepContext(
-                        frame, value, run._signal, resume_data, attempt, not step.is_async, step
+                        frame, value, signal, resume_data, attempt, in_thread, step, own
                     )
                     try:
                         if step.is_async:
@@ -470,8 +474,17 @@ async def _call_with_timeout(
     assert step.timeout is not None
     own = AbortController()
     signal = AbortSignal.any([frame.run._signal, own.signal])
+    # `signal` is already the step's own (`_signal`): the run's and the timeout's.
     ctx = _TimedStepContext(
-        frame, value, signal, resume_data, attempt, not step.is_async, step, own.signal
+        frame,
+        value,
+        signal,
+        resume_data,
+        attempt,
+        not step.is_async,
+        step,
+        signal,
+        _timed_out=own.signal,
     )
     error = StepTimeoutError(path, step.timeout)
     with trio.CancelScope() as scope:
@@ -494,28 +507,12 @@ async def _call_with_timeout(
     return output
 
 
-class _TimedStepContext(StepContext[Any]):
+class _TimedStepContext(StepContext[Any], kw_only=True):
     """The context of a step with a timeout. Once the timeout has fired, ``ctx.abort()``
     (the usual answer to an aborted signal) raises the `StepTimeoutError`: the step
     fails, and the run is not canceled."""
 
-    __slots__ = ("_timed_out",)
-
-    def __init__(
-        self,
-        frame: Frame,
-        input_data: Any,
-        signal: AbortSignal,
-        resume_data: Any,
-        retry_count: int,
-        in_thread: bool,
-        step: Step[Any, Any],
-        timed_out: AbortSignal,
-    ) -> None:
-        super().__init__(frame, input_data, signal, resume_data, retry_count, False, step)
-        self._in_thread = in_thread
-        self._signal = signal  # already the step's own: the run's and the timeout's
-        self._timed_out = timed_out
+    _timed_out: AbortSignal  # aborted at the deadline, with the `StepTimeoutError`
 
     def abort(self, reason: object = None) -> NoReturn:
         if self._timed_out.aborted and not self._frame.run.cancel_requested:
