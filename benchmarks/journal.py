@@ -28,6 +28,10 @@ Rows, and their floors:
   psycopg on one autocommit connection), as runs/s, and trioflow's ratio to it. Each
   the median of 5 bursts (1 with --quick), trioflow's and the floor's interleaved; the
   bursts' rates are printed.
+* **against a baseline** (``--baseline TREE``, a checkout of an earlier trioflow): the
+  same 1,000 concurrent runs with this tree and with TREE, each burst in a process of its
+  own (``benchmarks/burst.py``), medians of as many bursts, interleaved. Target >= 5x:
+  the issue's "5x today", with today's code measured beside it on the same machine.
 * **50 MB input**: a 50 MB string through 3 steps whose outputs are small (its length,
   then that +1, +2). Bytes the process wrote: ``wchar`` of ``/proc/self/io`` (every
   ``write``/``pwrite`` of the process, its threads included: WAL, checkpoints into the
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import itertools
 import json
 import os
 import sqlite3
@@ -54,7 +59,8 @@ from typing import Any
 
 import trio
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))  # tests/pg_server.py
 
 from durable import paired_medians  # noqa: E402  (benchmarks/, this file's folder)
@@ -339,7 +345,14 @@ async def concurrent_row(
     )
 
 
-async def concurrent(folder: Path, runs: int, bursts: int, postgres: bool) -> list[dict[str, Any]]:
+async def concurrent(
+    folder: Path, runs: int, bursts: int, postgres: bool, baseline: Path | None
+) -> list[dict[str, Any]]:
+    files = itertools.count()
+
+    def new_file() -> str:
+        return str(folder / f"vs-{next(files)}.db")
+
     async def sqlite_rate(burst: int) -> float:
         return await concurrent_runs(trioflow.SQLiteStorage(folder / f"many-{burst}.db"), runs)
 
@@ -347,6 +360,8 @@ async def concurrent(folder: Path, runs: int, bursts: int, postgres: bool) -> li
         return await sqlite_floor(folder / f"many-bare-{burst}.db", runs)
 
     rows = [await concurrent_row("SQLite", runs, bursts, sqlite_rate, sqlite_bare)]
+    if baseline is not None:
+        rows.append(await baseline_row("SQLite", "sqlite", new_file, runs, bursts, baseline))
     if postgres:
         server = PostgresServer(durable=True)
         await trio.to_thread.run_sync(server.start)
@@ -363,9 +378,43 @@ async def concurrent(folder: Path, runs: int, bursts: int, postgres: bool) -> li
                     "PostgreSQL, fsync on", runs, bursts, postgres_rate, postgres_bare
                 )
             )
+            if baseline is not None:
+                rows.append(
+                    await baseline_row(
+                        "PostgreSQL", "postgres", server.new_schema_dsn, runs, bursts, baseline
+                    )
+                )
         finally:
             await trio.to_thread.run_sync(server.stop)
     return rows
+
+
+async def baseline_row(
+    backend: str, kind: str, new_target: Callable[[], str], runs: int, bursts: int, baseline: Path
+) -> dict[str, Any]:
+    """This tree's concurrent runs against `baseline`'s (an earlier checkout), medians of
+    `bursts` bursts, interleaved, each in a process of its own (`burst.py`)."""
+
+    async def rate(tree: Path) -> float:
+        command = [sys.executable, str(HERE / "burst.py"), str(tree), kind, new_target(), str(runs)]
+        return float((await trio.run_process(command, capture_stdout=True)).stdout)
+
+    ours, theirs = [], []
+    for _ in range(bursts):
+        ours.append(await rate(ROOT))
+        theirs.append(await rate(baseline))
+    mine, before = statistics.median(ours), statistics.median(theirs)
+    return row(
+        f"{runs:,} concurrent 3-step runs ({backend}) vs baseline",
+        "runs/s",
+        mine,
+        before,
+        ">= 5x baseline",
+        mine >= 5 * before,
+        f"{mine / before:.1f}x the baseline {baseline}, each burst in a process of its own; "
+        f"bursts: {', '.join(f'{r:,.0f}' for r in ours)} against "
+        f"{', '.join(f'{r:,.0f}' for r in theirs)} runs/s",
+    )
 
 
 def written_bytes() -> int:
@@ -425,13 +474,13 @@ def bare_big_write(path: Path, data: str) -> int:
 # --- entry points -----------------------------------------------------------------------
 
 
-async def bench(quick: bool, postgres: bool) -> list[dict[str, Any]]:
+async def bench(quick: bool, postgres: bool, baseline: Path | None) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="trioflow-journal-") as tmp:
         folder = Path(tmp)
         return [
             await long_chain(folder, 1 if quick else 3),
             await three_steps(folder, 30 if quick else 200),
-            *await concurrent(folder, 1000, 1 if quick else 5, postgres),
+            *await concurrent(folder, 1000, 1 if quick else 5, postgres, baseline),
             await big_input(folder),
         ]
 
@@ -458,11 +507,18 @@ def cli() -> None:
         default=None,
         help="the PostgreSQL row (default: on when initdb and pg_ctl are found)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="TREE",
+        help="a source tree of an earlier trioflow (git worktree add TREE <commit>): "
+        "adds rows of this tree's concurrent runs against its, side by side",
+    )
     args = parser.parse_args()
     postgres = args.postgres
     if postgres is None:
         postgres = find_binary("initdb") is not None and find_binary("pg_ctl") is not None
-    rows = trio.run(bench, args.quick, postgres)
+    rows = trio.run(bench, args.quick, postgres, args.baseline)
     print(json.dumps(rows, indent=2, ensure_ascii=False) if args.json else render(rows))
 
 
