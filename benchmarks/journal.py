@@ -328,10 +328,7 @@ async def concurrent_row(
     floor_rate: Callable[[int], Awaitable[float]],
 ) -> dict[str, Any]:
     """Medians of `bursts` bursts of `runs` runs and of as many floors, interleaved."""
-    rates, floors = [], []
-    for burst in range(bursts):
-        rates.append(await trioflow_rate(burst))
-        floors.append(await floor_rate(burst))
+    rates, floors = await interleaved(bursts, trioflow_rate, floor_rate)
     rate, floor = statistics.median(rates), statistics.median(floors)
     return row(
         f"{runs:,} concurrent 3-step runs ({backend})",
@@ -341,8 +338,25 @@ async def concurrent_row(
         ">= 2,000 runs/s",
         rate >= 2000,
         f"{rate / floor:.2f}x the floor of one commit per run ({floor:,.0f} commits/s); "
-        f"median of {bursts} bursts: {', '.join(f'{r:,.0f}' for r in rates)} runs/s",
+        f"median of {bursts} bursts: {listed(rates)} runs/s",
     )
+
+
+async def interleaved(
+    bursts: int,
+    first: Callable[[int], Awaitable[float]],
+    second: Callable[[int], Awaitable[float]],
+) -> tuple[list[float], list[float]]:
+    """`bursts` rates of each, taken in turn so that drift of the machine hits both."""
+    firsts, seconds = [], []
+    for burst in range(bursts):
+        firsts.append(await first(burst))
+        seconds.append(await second(burst))
+    return firsts, seconds
+
+
+def listed(rates: list[float]) -> str:
+    return ", ".join(f"{r:,.0f}" for r in rates)
 
 
 async def concurrent(
@@ -399,10 +413,13 @@ async def baseline_row(
         command = [sys.executable, str(HERE / "burst.py"), str(tree), kind, new_target(), str(runs)]
         return float((await trio.run_process(command, capture_stdout=True)).stdout)
 
-    ours, theirs = [], []
-    for _ in range(bursts):
-        ours.append(await rate(ROOT))
-        theirs.append(await rate(baseline))
+    async def this_tree(burst: int) -> float:
+        return await rate(ROOT)
+
+    async def earlier_tree(burst: int) -> float:
+        return await rate(baseline)
+
+    ours, theirs = await interleaved(bursts, this_tree, earlier_tree)
     mine, before = statistics.median(ours), statistics.median(theirs)
     return row(
         f"{runs:,} concurrent 3-step runs ({backend}) vs baseline",
@@ -412,8 +429,7 @@ async def baseline_row(
         ">= 5x baseline",
         mine >= 5 * before,
         f"{mine / before:.1f}x the baseline {baseline}, each burst in a process of its own; "
-        f"bursts: {', '.join(f'{r:,.0f}' for r in ours)} against "
-        f"{', '.join(f'{r:,.0f}' for r in theirs)} runs/s",
+        f"bursts: {listed(ours)} against {listed(theirs)} runs/s",
     )
 
 
