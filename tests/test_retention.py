@@ -69,7 +69,7 @@ async def test_prune_runs_removes_finished_runs_older_than_the_age(
     storage_factory: StorageFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [1_700_000_000.0]
-    monkeypatch.setattr(_clock, "_wall_clock", lambda: now[0])
+    monkeypatch.setattr(_clock, "wall_clock", lambda: now[0])
     async with trioflow.open_engine(storage=storage_factory(), workflows=[WORKFLOW]) as engine:
         old_ok, old_failed, old_waiting = await finished(engine, "ok", "fail", "wait")
         now[0] += 10 * 86400
@@ -173,7 +173,7 @@ async def test_list_runs_filters_by_when_they_were_created(
     storage_factory: StorageFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [1_700_000_000.0]
-    monkeypatch.setattr(_clock, "_wall_clock", lambda: now[0])
+    monkeypatch.setattr(_clock, "wall_clock", lambda: now[0])
     async with trioflow.open_engine(storage=storage_factory(), workflows=[WORKFLOW]) as engine:
         (old,) = await finished(engine, "ok")
         now[0] += 3 * 86400

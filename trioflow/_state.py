@@ -19,8 +19,7 @@ from typing import Any
 
 import msgspec
 
-from . import _snapshot
-from ._clock import wall_time
+from . import _clock, _snapshot
 from ._journal import Journal, Tracked
 from ._results import StepResult
 from ._snapshot import OutputRecord
@@ -82,18 +81,20 @@ class ExecutionState:
             record = StepResult(
                 status="running",
                 payload=payload,
-                started_at=wall_time(),
+                started_at=_clock.wall_clock(),
                 suspend_payload=previous.suspend_payload,
                 resume_payload=previous.resume_payload,
             )
         else:
-            record = StepResult(status="running", payload=payload, started_at=wall_time())
+            record = StepResult(status="running", payload=payload, started_at=_clock.wall_clock())
         self.steps[path] = record
         self.in_flight[path] = key
 
     def wait_step(self, path: str, payload: Any, key: tuple[int, ...]) -> None:
         """Record `path` ``'waiting'`` (a sleep, an event wait): in flight."""
-        self.steps[path] = StepResult(status="waiting", payload=payload, started_at=wall_time())
+        self.steps[path] = StepResult(
+            status="waiting", payload=payload, started_at=_clock.wall_clock()
+        )
         self.in_flight[path] = key
 
     def succeed(self, path: str, output: Any, payload: Any) -> None:
@@ -108,7 +109,7 @@ class ExecutionState:
             output=output,
             payload=payload,
             started_at=current.started_at,
-            ended_at=wall_time(),
+            ended_at=_clock.wall_clock(),
         )
 
     def end_step(self, path: str, status: str, **fields: Any) -> None:
@@ -121,7 +122,7 @@ class ExecutionState:
         self.steps[path] = StepResult(
             status=status,  # type: ignore[arg-type]
             started_at=current.started_at,
-            ended_at=wall_time(),
+            ended_at=_clock.wall_clock(),
             **fields,
         )
 
@@ -139,7 +140,7 @@ class ExecutionState:
     def cancel_in_flight(self, key: tuple[int, ...], keep: str | None = None) -> list[str]:
         """Record the steps in flight under `key` ``'canceled'``, in declaration order
         (`keep` aside); the paths so recorded."""
-        now = wall_time()
+        now = _clock.wall_clock()
         canceled = []
         for path in cancel_order(self.in_flight, key):
             if path == keep:
@@ -157,7 +158,7 @@ class ExecutionState:
 
     def fail_in_flight(self, error: BaseException) -> None:
         """Record every step in flight ``'failed'`` with `error`."""
-        now = wall_time()
+        now = _clock.wall_clock()
         for path in list(self.in_flight):
             del self.in_flight[path]
             self.steps[path] = msgspec.structs.replace(
@@ -167,7 +168,7 @@ class ExecutionState:
     def cancel_idle(self) -> None:
         """The run is canceled while nothing executes it: its suspended, waiting or
         running steps become ``'canceled'``."""
-        now = wall_time()
+        now = _clock.wall_clock()
         for path, record in self.steps.items():
             if record.status in ("suspended", "waiting", "running"):
                 self.steps[path] = msgspec.structs.replace(record, status="canceled", ended_at=now)
@@ -219,7 +220,7 @@ class ExecutionState:
 
     def add_output(self, path: str, data: Any) -> None:
         """One more stored output event of the step at `path`."""
-        _snapshot.append_output(self.outputs, path, data, wall_time())
+        _snapshot.append_output(self.outputs, path, data, _clock.wall_clock())
 
     # --- the run's own fields -----------------------------------------------------------
 
@@ -302,6 +303,6 @@ class ExecutionState:
     def fail_step(self, path: str, error: BaseException) -> None:
         """Record the step at `path` ``'failed'`` with `error`, in flight or not."""
         self.steps[path] = msgspec.structs.replace(
-            self.steps[path], status="failed", error=error, ended_at=wall_time()
+            self.steps[path], status="failed", error=error, ended_at=_clock.wall_clock()
         )
         self.in_flight.pop(path, None)
