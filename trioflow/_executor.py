@@ -646,7 +646,10 @@ async def _run_loop(frame: Frame, node: LoopNode, value: Any, key: Key) -> Any:
                         ctx._close()
             except Exception as exc:
                 raise _step_raised(run, inline, path, value, exc) from None
-            _step_succeeded(frame, path, value, output)
+            if run._watchers.channels:  # _step_succeeded, inline
+                _end(run, path, "success", output=output, payload=value)
+            else:
+                state.succeed(path, output, value)
             value = output
         else:
             value = await finish_step(frame, step, path, value, key, resume_data)
